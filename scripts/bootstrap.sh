@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what recon-service needs: system libraries (apt-get, when root) and .venv.
+# Called by `make install` (and so by `make run` / `make test` on a fresh machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "recon-service needs Python 3.11 or newer; $PYTHON is $("$PYTHON" --version 2>&1)" >&2
+    exit 1
+fi
+
+# open3d links libusb and libgomp; OpenCV and pycolmap need nothing else on Debian/Ubuntu.
+SYSTEM_PACKAGES="libusb-1.0-0 libgomp1"
+missing=""
+for pkg in $SYSTEM_PACKAGES; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing system packages:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        echo "missing system packages:$missing" >&2
+        echo "install them first, e.g.: sudo apt-get install$missing" >&2
+        exit 1
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "installed into .venv"
