@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``, ``make reliability``): numbers, not tests."""
