@@ -1,0 +1,193 @@
+"""Callback delivery: drains the store's outbox to the backend, in order, with retries.
+
+One background thread runs an asyncio loop with one delivery task per job that has pending
+callbacks, so a backend that rejects one job's callbacks never delays another job's. Within a
+job, a callback is attempted only after the previous one was delivered or given up, so a later
+status is never delivered before an earlier one. Delivery is at least once (the backend is
+idempotent): a crash between sending and recording sends that callback again after a restart.
+
+The retry policy is one tenacity object (:func:`retry_policy`): exponential backoff with jitter
+from ``RECON_CALLBACK_RETRY_INITIAL_S`` (1 s) doubling up to ``RECON_CALLBACK_RETRY_MAX_S``
+(5 min), giving up ``RECON_CALLBACK_MAX_AGE_S`` (24 h) after the callback was queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
+
+from recon_service.settings import Settings
+from recon_service.store import Callback, Store
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.25
+"""How often the outbox is checked for callbacks queued by worker processes (seconds)."""
+HTTP_TIMEOUT_S = 10.0
+MAX_PARALLEL_POSTS = 16
+
+
+class CallbackError(Exception):
+    """A failed delivery attempt; ``retryable`` for network errors, 408, 429 and 5xx."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def is_retryable_status(status: int) -> bool:
+    """408, 429 and 5xx are worth retrying; other non-2xx answers are permanent."""
+    return status in (408, 429) or status >= 500
+
+
+class CallbackDispatcher:
+    """Delivers the outbox of ``store`` to ``settings.callback_url`` until stopped."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        if settings.callback_url is None or settings.callback_token is None:
+            raise ValueError("CallbackDispatcher needs RECON_CALLBACK_URL and RECON_CALLBACK_TOKEN")
+        self._settings = settings
+        self._store = store
+        self._base_url = settings.callback_url
+        self._token = settings.callback_token.get_secret_value()
+        self._thread = threading.Thread(target=self._run, name="callback-sender", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._stopping = False
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait(timeout=10)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wake(self) -> None:
+        """Look at the outbox now rather than at the next poll."""
+        if self._loop is not None and self._wake_event is not None:
+            self._loop.call_soon_threadsafe(self._wake_event.set)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop delivering; callbacks not yet delivered stay in the outbox for the next start."""
+        self._stopping = True
+        if self._loop is not None and self._stop_event is not None:
+            self._loop.call_soon_threadsafe(self._stop_event.set)
+        self._thread.join(timeout=timeout)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_event, self._wake_event = asyncio.Event(), asyncio.Event()
+        self._started.set()
+        tasks: dict[str, asyncio.Task[None]] = {}
+        limits = asyncio.Semaphore(MAX_PARALLEL_POSTS)
+        headers = {"Authorization": f"Bearer {self._token}"}
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, headers=headers) as client:
+            while not self._stop_event.is_set():
+                try:
+                    pending = await asyncio.to_thread(self._store.jobs_with_pending_callbacks)
+                except Exception:
+                    logger.exception("cannot read the callback outbox")
+                    pending = []
+                for job_id in pending:
+                    if job_id not in tasks:
+                        tasks[job_id] = asyncio.create_task(self._drain(client, limits, job_id), name=f"callbacks-{job_id[:8]}")
+                for job_id in [j for j, t in tasks.items() if t.done()]:
+                    task = tasks.pop(job_id)
+                    if not task.cancelled() and task.exception() is not None:
+                        logger.error("job=%s callback delivery crashed: %r", job_id, task.exception())
+                self._wake_event.clear()
+                wake = asyncio.create_task(self._wake_event.wait())
+                stop = asyncio.create_task(self._stop_event.wait())
+                await asyncio.wait({wake, stop}, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                stop.cancel()
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    async def _drain(self, client: httpx.AsyncClient, limits: asyncio.Semaphore, job_id: str) -> None:
+        """Deliver this job's pending callbacks one after the other, oldest first."""
+        job = await asyncio.to_thread(self._store.get, job_id)
+        scenario: dict[str, Any] = (job.simulate if job is not None and self._settings.simulated else None) or {}
+        copies = 2 if scenario.get("duplicate_callbacks") else 1
+        delay = float(scenario.get("callback_delay_s") or 0.0)
+        while not self._stopping:
+            cb = await asyncio.to_thread(self._store.next_callback, job_id)
+            if cb is None:
+                return
+            await self._deliver(client, limits, cb, copies=copies, delay=delay)
+
+    async def _deliver(self, client: httpx.AsyncClient, limits: asyncio.Semaphore, cb: Callback, *, copies: int, delay: float) -> None:
+        url = f"{self._base_url}/internal/reconstruction/{cb.kind}"
+        try:
+            for _ in range(copies):
+                if delay:
+                    await self._sleep(delay)
+                async for attempt in self.retry_policy(cb):
+                    with attempt:
+                        async with limits:
+                            await self._post(client, url, cb.body)
+        except CallbackError as exc:
+            if self._stopping:
+                return  # still pending: delivered after the next start
+            age = time.time() - cb.created_at
+            if exc.retryable:
+                logger.error("job=%s callback %s #%d given up after %.0f s (RECON_CALLBACK_MAX_AGE_S): %s", cb.job_id, cb.kind, cb.id, age, exc)
+            else:
+                logger.error("job=%s callback %s #%d rejected permanently: %s", cb.job_id, cb.kind, cb.id, exc)
+            await asyncio.to_thread(self._store.callback_finished, cb.id, delivered=False, error=str(exc))
+            return
+        await asyncio.to_thread(self._store.callback_finished, cb.id, delivered=True)
+        logger.debug("job=%s callback %s #%d delivered: %s", cb.job_id, cb.kind, cb.id, cb.body.get("status"))
+
+    def retry_policy(self, cb: Callback) -> AsyncRetrying:
+        """Exponential backoff with jitter, capped; stop at the callback's maximum age or shutdown."""
+        s = self._settings
+
+        def stop(state: RetryCallState) -> bool:
+            return self._stopping or time.time() - cb.created_at >= s.callback_max_age_s
+
+        async def record(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            logger.warning("job=%s callback %s #%d failed (try %d), retrying: %s", cb.job_id, cb.kind, cb.id, state.attempt_number, error)
+            await asyncio.to_thread(self._store.callback_tried, cb.id, str(error))
+
+        return AsyncRetrying(
+            wait=wait_exponential_jitter(initial=s.callback_retry_initial_s, max=s.callback_retry_max_s, jitter=s.callback_retry_initial_s),
+            stop=stop,
+            retry=retry_if_exception(lambda e: isinstance(e, CallbackError) and e.retryable),
+            before_sleep=record,
+            sleep=self._sleep,
+            reraise=True,
+        )
+
+    async def _post(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+        try:
+            response = await client.post(url, json=body)
+        except httpx.HTTPError as exc:
+            raise CallbackError(f"{type(exc).__name__}: {exc} ({url})", retryable=True) from None
+        if 200 <= response.status_code < 300:
+            return
+        raise CallbackError(
+            f"HTTP {response.status_code} from {url}: {response.text[:200]}", retryable=is_retryable_status(response.status_code)
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        """A sleep that ends early when the dispatcher stops."""
+        assert self._stop_event is not None
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+        except TimeoutError:
+            pass

@@ -1,0 +1,479 @@
+"""The durable job store: jobs and the callback outbox in one SQLite database (WAL).
+
+All SQL of the service lives here. Every change of a job goes through :meth:`Store._save`, which
+enforces the allowed transitions, keeps ``progress`` monotonic and ``status`` moving forward, and
+queues the matching callback in the same transaction, so a crash can never lose a callback for a
+change that was committed (or deliver one for a change that was not).
+
+Several processes use the database at once: the server, its worker processes (progress and
+results), and a restarted server after ``kill -9``. Writes of a worker are fenced by the job's
+attempt number, so a stale worker can never overwrite the job after it was re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from recon_service.schemas import ContractStatus, callback_body
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,   -- FIFO order
+    job_id              TEXT NOT NULL UNIQUE,
+    request             TEXT NOT NULL,      -- canonical JSON of the submitted payload (idempotency)
+    dataset_name        TEXT NOT NULL,
+    photo_count         INTEGER NOT NULL,
+    photos_dir          TEXT NOT NULL,      -- resolved, checked against RECON_PHOTOS_ROOT
+    notes               TEXT,
+    options             TEXT NOT NULL,      -- resolved flat options
+    simulate            TEXT,               -- simulate scenario, only in simulate mode
+    state               TEXT NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed')),
+    status              TEXT NOT NULL,      -- the contract status (see JobState)
+    stage               TEXT,
+    progress            REAL NOT NULL DEFAULT 0,
+    message             TEXT NOT NULL,
+    eta_seconds         REAL,
+    model_path          TEXT,
+    artifacts           TEXT NOT NULL DEFAULT '{}',
+    cancel_requested    INTEGER NOT NULL DEFAULT 0,
+    cancel_reason       TEXT,               -- 'user' or 'timeout'
+    cancelled           INTEGER NOT NULL DEFAULT 0,
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    created_at          REAL NOT NULL,      -- Unix seconds
+    updated_at          REAL NOT NULL,
+    started_at          REAL,
+    finished_at         REAL,
+    last_progress_cb_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS callbacks (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,        -- delivery order per job
+    job_id      TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('status', 'progress')),
+    body        TEXT NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS callbacks_by_state ON callbacks (state, job_id, id);
+"""
+
+
+class JobState(StrEnum):
+    """Where a job is in its life; the contract ``status`` is derived from it (and the phase)."""
+
+    QUEUED = "queued"  # waiting for a worker slot: new, or interrupted by a service restart
+    RUNNING = "running"  # a worker owns it; status is its phase (processing/meshing/texturing)
+    COMPLETED = "completed"  # model.glb written; final
+    FAILED = "failed"  # error, crash, timeout or cancel; final
+
+
+_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED}),
+    JobState.RUNNING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.QUEUED}),
+    JobState.COMPLETED: frozenset(),
+    JobState.FAILED: frozenset(),
+}
+_PHASE_RANK = {ContractStatus.QUEUED: 0, ContractStatus.PROCESSING: 1, ContractStatus.MESHING: 2, ContractStatus.TEXTURING: 3}
+MAX_RUNNING_PROGRESS = 0.999  # 1.0 means completed, and only completed
+
+
+class InvalidTransition(RuntimeError):
+    """A programming error: the code tried a change the job state machine forbids."""
+
+
+class CancelOutcome(StrEnum):
+    NOT_FOUND = "not_found"
+    CANCELLED = "cancelled"  # was queued: failed now, never starts
+    STOPPING = "stopping"  # was running: the worker was asked to stop
+    ALREADY = "already"  # cancelled before: nothing to do
+    FINISHED = "finished"  # completed or failed: too late (409)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A validated submission, ready to be stored."""
+
+    job_id: str
+    request: dict[str, Any]
+    dataset_name: str
+    photo_count: int
+    photos_dir: str
+    notes: str | None
+    options: dict[str, Any]
+    simulate: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One row of ``jobs``, decoded. Times are Unix seconds."""
+
+    seq: int
+    job_id: str
+    request: dict[str, Any]
+    dataset_name: str
+    photo_count: int
+    photos_dir: str
+    notes: str | None
+    options: dict[str, Any]
+    simulate: dict[str, Any] | None
+    state: JobState
+    status: str
+    stage: str | None
+    progress: float
+    message: str
+    eta_seconds: float | None
+    model_path: str | None
+    artifacts: dict[str, str]
+    cancel_requested: bool
+    cancel_reason: str | None
+    cancelled: bool
+    attempts: int
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+    last_progress_cb_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+        d = dict(row)
+        for key in ("request", "options", "artifacts"):
+            d[key] = json.loads(d[key])
+        d["simulate"] = json.loads(d["simulate"]) if d["simulate"] is not None else None
+        d["state"] = JobState(d["state"])
+        for key in ("cancel_requested", "cancelled"):
+            d[key] = bool(d[key])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One outbox row: a callback body waiting to be (or already) delivered."""
+
+    id: int
+    job_id: str
+    kind: str  # 'status' → /internal/reconstruction/status, 'progress' → .../progress
+    body: dict[str, Any]
+    state: str
+    attempts: int
+    last_error: str | None
+    created_at: float
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class Store:
+    """Jobs and callbacks in ``db_path``; safe to use from many threads and processes.
+
+    ``callbacks`` says whether status/progress changes queue callbacks at all (a callback URL is
+    configured); ``progress_callback_interval_s`` limits progress callbacks per job.
+    """
+
+    def __init__(self, db_path: Path, *, callbacks: bool, progress_callback_interval_s: float = 2.0) -> None:
+        self.db_path = Path(db_path)
+        self.callbacks = callbacks
+        self.progress_callback_interval_s = progress_callback_interval_s
+        self._local = threading.local()
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)  # idempotent: every statement is CREATE ... IF NOT EXISTS
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # -- connections -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        self._conn().execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+
+    # -- the one place where jobs change -----------------------------------------------------
+    def _save(self, conn: sqlite3.Connection, job: JobRecord, *, phase: str | None = None, progress_callback: bool = False, **changes: Any) -> JobRecord:
+        """Apply ``changes`` to ``job``: check the transition, derive ``status``, queue callbacks."""
+        now = time.time()
+        new = replace(job, **changes, updated_at=now)
+        if new.state != job.state and new.state not in _TRANSITIONS[job.state]:
+            raise InvalidTransition(f"job {job.job_id}: {job.state} → {new.state} is not allowed")
+        if new.state is JobState.COMPLETED:
+            status, progress = ContractStatus.COMPLETED, 1.0
+        elif new.state is JobState.FAILED:
+            status, progress = ContractStatus.FAILED, job.progress
+        else:
+            # Queued or running: the furthest phase reached so far (a re-run never goes back).
+            status = ContractStatus(job.status)
+            if new.state is JobState.RUNNING and _PHASE_RANK[status] < 1:
+                status = ContractStatus.PROCESSING
+            if phase is not None and _PHASE_RANK[ContractStatus(phase)] > _PHASE_RANK[status]:
+                status = ContractStatus(phase)
+            progress = min(MAX_RUNNING_PROGRESS, max(job.progress, new.progress))
+        new = replace(new, status=status.value, progress=progress)
+        if new.state in (JobState.COMPLETED, JobState.FAILED):
+            new = replace(new, finished_at=now, eta_seconds=None)
+        kind = None
+        if status.value != job.status:
+            kind = "status"
+        elif (
+            progress_callback
+            and new.progress > job.progress
+            and (job.last_progress_cb_at is None or now - job.last_progress_cb_at >= self.progress_callback_interval_s)
+        ):
+            kind = "progress"
+        if kind and self.callbacks:
+            new = replace(new, last_progress_cb_at=now)
+            self._enqueue(conn, new, kind, now)
+        cols = [c for c in _JOB_COLUMNS if getattr(new, c) != getattr(job, c)]
+        if cols:
+            values = [_encode(c, getattr(new, c)) for c in cols]
+            conn.execute(f"UPDATE jobs SET {', '.join(f'{c}=?' for c in cols)} WHERE seq=?", (*values, job.seq))
+        return new
+
+    def _enqueue(self, conn: sqlite3.Connection, job: JobRecord, kind: str, now: float) -> None:
+        if kind == "progress":  # an undelivered progress report is superseded by a newer one
+            conn.execute("DELETE FROM callbacks WHERE job_id=? AND kind='progress' AND state='pending'", (job.job_id,))
+        conn.execute(
+            "INSERT INTO callbacks (job_id, kind, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+            (job.job_id, kind, canonical_json(callback_body(job)), now, now),
+        )
+
+    def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+        row = conn.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return JobRecord.from_row(row) if row else None
+
+    def _owned(self, conn: sqlite3.Connection, job_id: str, attempt: int) -> JobRecord | None:
+        """The job if it is still running this attempt (the fence for worker writes)."""
+        job = self._get(conn, job_id)
+        if job is None or job.state is not JobState.RUNNING or job.attempts != attempt:
+            return None
+        return job
+
+    # -- submission and queries ----------------------------------------------------------------
+    def create_job(self, new: NewJob) -> tuple[JobRecord, bool]:
+        """Store a queued job; if ``job_id`` exists already, return that one and ``False``."""
+        now = time.time()
+        with self._write() as conn:
+            existing = self._get(conn, new.job_id)
+            if existing is not None:
+                return existing, False
+            conn.execute(
+                "INSERT INTO jobs (job_id, request, dataset_name, photo_count, photos_dir, notes, options, simulate,"
+                " state, status, message, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new.job_id, canonical_json(new.request), new.dataset_name, new.photo_count, new.photos_dir, new.notes,
+                    canonical_json(new.options), canonical_json(new.simulate) if new.simulate is not None else None,
+                    JobState.QUEUED.value, ContractStatus.QUEUED.value, "queued", now, now,
+                ),
+            )  # fmt: skip
+            job = self._get(conn, new.job_id)
+            assert job is not None
+            if self.callbacks:
+                self._enqueue(conn, job, "status", now)
+            return job, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._get(self._conn(), job_id)
+
+    def list_jobs(self, *, limit: int, offset: int, status: str | None = None) -> tuple[list[JobRecord], int]:
+        """Newest first; returns one page and the total number of matching jobs."""
+        where, args = ("WHERE status=?", [status]) if status else ("", [])
+        conn = self._conn()
+        total = conn.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+        rows = conn.execute(f"SELECT * FROM jobs {where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]).fetchall()
+        return [JobRecord.from_row(r) for r in rows], total
+
+    def count_by_state(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {s.value: 0 for s in JobState} | {r[0]: r[1] for r in rows}
+
+    # -- execution -----------------------------------------------------------------------------
+    def claim_next(self) -> JobRecord | None:
+        """Oldest queued job → running, attempt counted; ``None`` when nothing waits."""
+        if self._conn().execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
+            return None  # the common case, answered without taking the write lock
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            job = JobRecord.from_row(row)
+            return self._save(
+                conn, job, state=JobState.RUNNING, attempts=job.attempts + 1, started_at=time.time(), eta_seconds=None
+            )
+
+    def record_progress(
+        self, job_id: str, attempt: int, *, stage: str, phase: str, progress: float, eta_seconds: float | None, message: str
+    ) -> bool:
+        """Store a worker's progress; ``False`` if this attempt no longer owns the job."""
+        with self._write() as conn:
+            job = self._owned(conn, job_id, attempt)
+            if job is None:
+                return False
+            self._save(
+                conn, job, phase=phase, progress_callback=True, stage=stage, progress=progress, eta_seconds=eta_seconds, message=message
+            )
+            return True
+
+    def complete(self, job_id: str, attempt: int, *, model_path: str, artifacts: dict[str, str], message: str) -> bool:
+        with self._write() as conn:
+            job = self._owned(conn, job_id, attempt)
+            if job is None:
+                return False
+            self._save(conn, job, state=JobState.COMPLETED, model_path=model_path, artifacts=artifacts, message=message)
+            return True
+
+    def fail(self, job_id: str, attempt: int, *, message: str, cancelled: bool = False) -> bool:
+        with self._write() as conn:
+            job = self._owned(conn, job_id, attempt)
+            if job is None:
+                return False
+            self._save(conn, job, state=JobState.FAILED, message=message, cancelled=cancelled)
+            return True
+
+    def requeue(self, job_id: str, attempt: int, *, message: str) -> bool:
+        """A running attempt was interrupted by the service stopping: run the job again later."""
+        with self._write() as conn:
+            job = self._owned(conn, job_id, attempt)
+            if job is None:
+                return False
+            self._save(conn, job, state=JobState.QUEUED, message=message, eta_seconds=None)
+            return True
+
+    def recover(self, *, max_attempts: int, give_up_message: str) -> list[str]:
+        """At start-up: jobs left running by a dead server are queued again (or failed after ``max_attempts``)."""
+        requeued = []
+        with self._write() as conn:
+            for row in conn.execute("SELECT * FROM jobs WHERE state='running' ORDER BY seq").fetchall():
+                job = JobRecord.from_row(row)
+                if job.cancel_requested and job.cancel_reason == "user":
+                    self._save(conn, job, state=JobState.FAILED, message="cancelled", cancelled=True)
+                elif job.attempts >= max_attempts:
+                    self._save(conn, job, state=JobState.FAILED, message=give_up_message)
+                else:
+                    self._save(conn, job, state=JobState.QUEUED, message="re-queued after a service restart",
+                               cancel_requested=False, cancel_reason=None)  # fmt: skip
+                    requeued.append(job.job_id)
+        return requeued
+
+    def request_cancel(self, job_id: str) -> tuple[CancelOutcome, JobRecord | None]:
+        """A user's cancel: queued jobs fail at once, running ones are flagged for their worker."""
+        with self._write() as conn:
+            job = self._get(conn, job_id)
+            if job is None:
+                return CancelOutcome.NOT_FOUND, None
+            if job.state is JobState.QUEUED:
+                return CancelOutcome.CANCELLED, self._save(conn, job, state=JobState.FAILED, message="cancelled", cancelled=True)
+            if job.state is JobState.RUNNING:
+                if job.cancel_reason == "user":
+                    return CancelOutcome.STOPPING, job
+                return CancelOutcome.STOPPING, self._save(conn, job, cancel_requested=True, cancel_reason="user")
+            if job.cancelled:
+                return CancelOutcome.ALREADY, job
+            return CancelOutcome.FINISHED, job
+
+    def request_timeout(self, job_id: str, attempt: int) -> bool:
+        """Ask the running attempt to stop because it ran out of time (a user cancel takes precedence)."""
+        with self._write() as conn:
+            job = self._owned(conn, job_id, attempt)
+            if job is None or job.cancel_requested:
+                return False
+            self._save(conn, job, cancel_requested=True, cancel_reason="timeout")
+            return True
+
+    def cancel_reason(self, job_id: str) -> str | None:
+        """``'user'`` / ``'timeout'`` when the job should stop, else ``None`` (polled by workers)."""
+        row = self._conn().execute("SELECT cancel_requested, cancel_reason FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return row["cancel_reason"] if row and row["cancel_requested"] else None
+
+    # -- callback outbox -----------------------------------------------------------------------
+    def jobs_with_pending_callbacks(self) -> list[str]:
+        rows = self._conn().execute("SELECT DISTINCT job_id FROM callbacks WHERE state='pending'").fetchall()
+        return [r[0] for r in rows]
+
+    def next_callback(self, job_id: str) -> Callback | None:
+        """The job's oldest undelivered callback: later ones wait for it (strict order per job)."""
+        row = self._conn().execute(
+            "SELECT * FROM callbacks WHERE job_id=? AND state='pending' ORDER BY id LIMIT 1", (job_id,)
+        ).fetchone()
+        return _callback(row) if row else None
+
+    def callback_tried(self, callback_id: int, error: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE callbacks SET attempts=attempts+1, last_error=?, updated_at=? WHERE id=?", (error, time.time(), callback_id)
+            )
+
+    def callback_finished(self, callback_id: int, *, delivered: bool, error: str | None = None) -> None:
+        state = "delivered" if delivered else "failed"
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE callbacks SET state=?, attempts=attempts+1, last_error=?, updated_at=? WHERE id=?",
+                (state, error, time.time(), callback_id),
+            )
+
+    def callbacks_of(self, job_id: str) -> list[Callback]:
+        rows = self._conn().execute("SELECT * FROM callbacks WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
+        return [_callback(r) for r in rows]
+
+    def pending_callback_count(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM callbacks WHERE state='pending'").fetchone()[0]
+
+
+_JOB_COLUMNS = (
+    "state", "status", "stage", "progress", "message", "eta_seconds", "model_path", "artifacts", "cancel_requested",
+    "cancel_reason", "cancelled", "attempts", "updated_at", "started_at", "finished_at", "last_progress_cb_at",
+)  # fmt: skip
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column == "artifacts":
+        return canonical_json(value)
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+def _callback(row: sqlite3.Row) -> Callback:
+    d = dict(row)
+    d.pop("updated_at")
+    d["body"] = json.loads(d["body"])
+    return Callback(**d)

@@ -1,0 +1,192 @@
+"""Executors: who runs ``jobs.run_job`` where.
+
+The service talks to an :class:`Executor` only. :class:`LocalProcessExecutor` runs each job in
+its own spawned process, at most ``RECON_MAX_WORKERS`` at once, oldest queued job first (the
+queue itself is the durable store). It watches its processes: a worker that dies without a
+result (exception, segfault, SIGKILL by the OOM killer) fails only its own job; a cancelled or
+timed-out worker that does not stop by itself within the grace time is terminated.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from recon_service import jobs
+from recon_service.settings import Settings
+from recon_service.store import JobState, Store
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.2
+"""Scheduler period: reaping, cancel/timeout enforcement and claiming (seconds)."""
+KILL_AFTER_TERM_S = 1.0
+"""After SIGTERM, seconds before a worker that is still alive gets SIGKILL."""
+
+
+class Executor(Protocol):
+    """Runs queued jobs. A distributed engine implements the same four calls (see README)."""
+
+    def start(self) -> None:
+        """Begin running queued jobs (called once the store has recovered after a restart)."""
+
+    def submit(self, job_id: str) -> None:
+        """A job was queued in the store: run it when a worker is free (FIFO)."""
+
+    def cancel(self, job_id: str) -> None:
+        """The job's cancel flag is set in the store: make sure its worker stops within 5 s."""
+
+    def running(self) -> list[str]:
+        """Ids of the jobs whose workers are running now."""
+
+    def alive(self) -> bool:
+        """Whether the executor can still start and supervise jobs (for ``/readyz``)."""
+
+    def shutdown(self) -> None:
+        """Stop every worker; their jobs are queued again and re-run at the next start."""
+
+
+@dataclass
+class _Worker:
+    job_id: str
+    attempt: int
+    process: Any  # multiprocessing.Process (spawn context)
+    started: float = field(default_factory=time.monotonic)
+    stop_deadline: float | None = None  # when to SIGTERM it after a cancel/timeout request
+    terminated_at: float | None = None
+
+
+class LocalProcessExecutor:
+    """One spawned process per job on this machine, supervised by one scheduler thread."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self._settings = settings
+        self._store = store
+        self._ctx = multiprocessing.get_context("spawn")  # no forked copies of server threads or sockets
+        self._workers: dict[str, _Worker] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
+
+    # -- Executor ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job_id: str) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        self._wake.set()
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return list(self._workers)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping.is_set()
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        with self._lock:
+            workers = list(self._workers.values())
+        for w in workers:
+            if w.process.is_alive():
+                w.process.terminate()
+        deadline = time.monotonic() + KILL_AFTER_TERM_S + 1.0
+        for w in workers:
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(timeout=2)
+            if self._store.requeue(w.job_id, w.attempt, message="re-queued: the service was stopped while it ran"):
+                logger.info("job=%s interrupted by shutdown; re-queued", w.job_id)
+        with self._lock:
+            self._workers.clear()
+
+    # -- the scheduler -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._reap()
+                self._enforce_stops()
+                self._start_queued()
+            except Exception:  # never let one bad tick stop the scheduler; the store is the truth
+                logger.exception("scheduler tick failed")
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+
+    def _reap(self) -> None:
+        with self._lock:
+            finished = [w for w in self._workers.values() if not w.process.is_alive()]
+        for w in finished:
+            w.process.join()
+            exitcode = w.process.exitcode
+            job = self._store.get(w.job_id)
+            if job is not None and job.state is JobState.RUNNING and job.attempts == w.attempt:
+                # The worker died without recording a result: fail its job (output first, so
+                # nobody sees a failed job with partial output).
+                jobs.remove_output(self._settings.job_output_dir(w.job_id))
+                reason = job.cancel_reason if job.cancel_requested else None
+                if reason is not None:
+                    message = jobs.stopped_message(reason, self._settings)
+                    self._store.fail(w.job_id, w.attempt, message=message, cancelled=reason != "timeout")
+                else:
+                    message = jobs.message_for_exit(exitcode)
+                    self._store.fail(w.job_id, w.attempt, message=message)
+                logger.warning("job=%s worker pid=%s ended with exit code %s: %s", w.job_id, w.process.pid, exitcode, message)
+            else:
+                logger.info("job=%s worker pid=%s finished (exit code %s)", w.job_id, w.process.pid, exitcode)
+            w.process.close()
+            with self._lock:
+                self._workers.pop(w.job_id, None)
+            self._wake.set()  # a slot is free
+
+    def _enforce_stops(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            workers = list(self._workers.values())
+        for w in workers:
+            if w.stop_deadline is None:
+                if now - w.started > self._settings.job_timeout_s:
+                    self._store.request_timeout(w.job_id, w.attempt)
+                    logger.warning("job=%s exceeded RECON_JOB_TIMEOUT_S=%g s; stopping", w.job_id, self._settings.job_timeout_s)
+                if self._store.cancel_reason(w.job_id) is not None:
+                    w.stop_deadline = now + self._settings.cancel_grace_s
+            elif w.terminated_at is None and now >= w.stop_deadline:
+                logger.warning("job=%s worker pid=%s did not stop within %g s; terminating", w.job_id, w.process.pid, self._settings.cancel_grace_s)
+                w.process.terminate()
+                w.terminated_at = now
+            elif w.terminated_at is not None and now - w.terminated_at >= KILL_AFTER_TERM_S:
+                w.process.kill()
+
+    def _start_queued(self) -> None:
+        while not self._stopping.is_set():
+            with self._lock:
+                if len(self._workers) >= self._settings.max_workers:
+                    return
+            job = self._store.claim_next()
+            if job is None:
+                return
+            process = self._ctx.Process(
+                target=jobs.worker_main,
+                args=(job.job_id, job.attempts, self._settings, os.getpid()),
+                name=f"job-{job.job_id[:8]}",
+            )
+            try:
+                process.start()
+            except Exception as exc:  # out of processes or memory: fail this job, keep serving
+                logger.exception("job=%s cannot start a worker", job.job_id)
+                self._store.fail(job.job_id, job.attempts, message=f"could not start a worker process ({exc}); try again later")
+                continue
+            with self._lock:
+                self._workers[job.job_id] = _Worker(job.job_id, job.attempts, process)
+            logger.info("job=%s attempt=%d started in worker pid=%s", job.job_id, job.attempts, process.pid)
