@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def machine_description() -> str:
 
 
 def write_results(records: list[RunRecord], sparse: list[dict[str, Any]], out_dir: Path) -> None:
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = machine_description()
     (out_dir / "results.json").write_text(
         json.dumps({"date": when, "machine": machine, "runs": [asdict(r) for r in records], "sparse": sparse}, indent=2) + "\n"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import Cancelled, ReconError, ReconstructionFailed
+from pipelines.errors import ReconError, ReconstructionFailed
 from pipelines.options import ReconOptions
 from pipelines.progress import CancelToken, EtaEstimator, ProgressEvent, ProgressFn, StageProgress
 
@@ -152,6 +152,8 @@ def reconstruct(
     rep = report.build(
         options=options,
         ingest=ing,
+        features=feats,
+        matching=matches,
         sparse=sparse,
         dense=points,
         mesh=surface,
