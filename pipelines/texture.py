@@ -1,0 +1,388 @@
+"""Texturing (stage 6): a UV atlas and a texture baked from the photos.
+
+Every texel of the atlas (see :mod:`pipelines.uv_atlas`) knows its face and its 3D point. Each face
+ranks the photos that see it (in the image, not occluded by the mesh, facing the camera) by
+``cos^2 * focal / depth`` -- frontal and close views first -- and keeps up to ``MAX_BLEND_VIEWS``
+that score within ``BLEND_RATIO`` of the best. A texel's colour is the weighted mean of those
+photos' pixels at its projection (COLMAP's camera model, so lens distortion is honoured); the
+weights are interpolated from per-vertex values, so they change smoothly across face borders and
+seams between views fade instead of jumping. Texels no photo sees keep the mesh's vertex colours;
+empty atlas space is filled by push-pull so bilinear and mip-mapped lookups never fetch black.
+
+If baking is disabled or fails, the result keeps vertex colours and says why
+(``fallback_reason``); export then writes a vertex-coloured model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipelines.errors import Cancelled, ReconstructionFailed
+from pipelines.options import TextureOptions
+from pipelines.progress import CancelToken, StageProgress
+from pipelines.uv_atlas import Atlas, build_atlas
+from pipelines.views import View, load_views
+
+logger = logging.getLogger(__name__)
+
+MAX_BLEND_VIEWS = 3
+BLEND_RATIO = 0.6
+"""Views scoring below this fraction of a face's best view do not colour it."""
+MIN_VIEW_COSINE = 0.2
+"""Views seeing a face at more than ~78 deg from its normal are not used."""
+IMAGE_MARGIN = 2.0
+"""Pixels at the image border (px) are not sampled (demosaicing and lens artefacts)."""
+PADDING_TEXELS = 2
+TEXELS_PER_CHUNK = 1 << 21
+
+
+class Surface(Protocol):
+    mesh_path: Path
+    """PLY triangle mesh with vertex colours, sparse-model frame."""
+
+
+class SparseModel(Protocol):
+    sparse_dir: Path
+    images_dir: Path
+
+
+@dataclass(frozen=True)
+class TextureResult:
+    mesh: Path
+    """``.npz`` with ``vertices`` (A, 3) float64 in the sparse-model frame, ``faces`` (F, 3) int32,
+    ``normals`` (A, 3) and ``colors`` (A, 3, 0..1) float32 and, when textured, ``uv`` (A, 2)
+    float32 in the OpenGL convention (v up). Vertices are split along UV seams."""
+    texture_path: Path | None
+    """PNG of the atlas (sRGB, as in the photos); ``None`` when not textured."""
+    textured: bool
+    texture_size: int
+    """Atlas side in pixels; 0 when not textured."""
+    fallback_reason: str | None
+    """Why the model keeps vertex colours; ``None`` when textured."""
+    num_vertices: int
+    num_faces: int
+    num_charts: int = 0
+    views_used: int = 0
+    """Photos that colour at least one face."""
+    seen_fraction: float = 0.0
+    """Share of the surface area that at least one photo sees."""
+    texel_size: float = 0.0
+    """Surface length of one texel, model units."""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "textured": self.textured,
+            "texture_size": self.texture_size,
+            "fallback_reason": self.fallback_reason,
+            "vertices": self.num_vertices,
+            "faces": self.num_faces,
+            "charts": self.num_charts,
+            "views_used": self.views_used,
+            "seen_fraction": round(self.seen_fraction, 4),
+            "texel_size": self.texel_size,
+        }
+
+
+def run(surface: Surface, sparse: SparseModel, work_dir: Path, options: TextureOptions, progress: StageProgress, cancel: CancelToken) -> TextureResult:
+    """Bake ``work_dir/texture.png`` and ``work_dir/textured_mesh.npz`` for ``surface``.
+
+    Falls back to vertex colours (``textured=False`` and a ``fallback_reason``) when
+    ``options.enabled`` is false or baking fails; raises only ``Cancelled`` and
+    ``ReconstructionFailed`` for an unreadable mesh.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    progress(0.0, "reading mesh")
+    vertices, faces, colours = _read_mesh(Path(surface.mesh_path))
+    if not options.enabled:
+        return _write_untextured(work_dir, vertices, faces, colours, "texture.enabled is false")
+    try:
+        return _bake(vertices, faces, colours, sparse, work_dir, options.texture_size, progress, cancel)
+    except Cancelled:
+        raise
+    except Exception as exc:  # recorded, not silent: the model keeps vertex colours and says why
+        logger.warning("texture baking failed; keeping vertex colours", exc_info=True)
+        return _write_untextured(work_dir, vertices, faces, colours, f"texture baking failed: {type(exc).__name__}: {exc}")
+
+
+def _read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import open3d as o3d
+
+    if not path.is_file():
+        raise ReconstructionFailed("texture", f"no mesh at {path}; rerun the mesh stage")
+    mesh = o3d.io.read_triangle_mesh(str(path))
+    if len(mesh.triangles) == 0:
+        raise ReconstructionFailed("texture", f"the mesh {path} has no faces; rerun the mesh stage")
+    vertices = np.asarray(mesh.vertices, dtype=np.float64)
+    colours = np.asarray(mesh.vertex_colors, dtype=np.float64) if mesh.has_vertex_colors() else np.full_like(vertices, 0.7)
+    return vertices, np.asarray(mesh.triangles, dtype=np.int64), colours
+
+
+def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: SparseModel, work_dir: Path, size: int, progress: StageProgress, cancel: CancelToken) -> TextureResult:
+    views = load_views(Path(sparse.sparse_dir), "texture")
+    images = [_read_image(Path(sparse.images_dir) / v.name, v) for v in views]
+    atlas = build_atlas(vertices, faces, size, PADDING_TEXELS)
+    progress(0.1, f"UV atlas with {atlas.num_charts} charts")
+    cancel.check()
+
+    scene = _raycaster(vertices, faces)
+    candidates, weights = _rank_views(vertices, faces, views, scene, cancel)
+    progress(0.25, "photos ranked per face")
+    vertex_weight = _vertex_weights(faces, len(vertices), candidates, weights, len(views))
+    cancel.check()
+
+    flat = _atlas_raycaster(atlas)
+    atlas_rgb = np.zeros((size * size, 3), dtype=np.float32)
+    known = np.zeros(size * size, dtype=bool)
+    total = size * size
+    for start in range(0, total, TEXELS_PER_CHUNK):
+        cancel.check()
+        texel, face, bary = _rasterize(flat, size, start, min(start + TEXELS_PER_CHUNK, total))
+        atlas_rgb[texel] = _bake_texels(face, bary, vertices, faces, colours, candidates, vertex_weight, views, images)
+        known[texel] = True
+        progress(0.3 + 0.6 * min(1.0, (start + TEXELS_PER_CHUNK) / total), "baking texture")
+
+    texture = _push_pull(atlas_rgb.reshape(size, size, 3), known.reshape(size, size))
+    progress(0.95, "writing texture")
+
+    texture_path = _write_png(work_dir / "texture.png", (np.clip(texture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+    seen = (candidates[:, 0] >= 0)
+    area = _face_areas(vertices, faces)
+    mesh_path = _write_npz(work_dir / "textured_mesh.npz", vertices[atlas.source], atlas.faces, _vertex_normals(vertices, faces)[atlas.source], colours[atlas.source], atlas.uv_gl())
+    result = TextureResult(
+        mesh=mesh_path,
+        texture_path=texture_path,
+        textured=True,
+        texture_size=size,
+        fallback_reason=None,
+        num_vertices=len(atlas.source),
+        num_faces=len(faces),
+        num_charts=atlas.num_charts,
+        views_used=int(len(np.unique(candidates[candidates >= 0]))),
+        seen_fraction=float(area[seen].sum() / max(area.sum(), 1e-30)),
+        texel_size=float(atlas.texel_size),
+    )
+    logger.info("texture: %s", result.summary())
+    progress(1.0, f"texture {size}x{size} baked from {result.views_used} photos")
+    return result
+
+
+def _bake_texels(
+    face: np.ndarray,
+    bary: np.ndarray,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    colours: np.ndarray,
+    candidates: np.ndarray,
+    vertex_weight: np.ndarray,
+    views: list[View],
+    images: list[np.ndarray],
+) -> np.ndarray:
+    """RGB (N, 3, 0..1) of texels given by face (N,) and barycentrics (N, 3): blended photos,
+    else the interpolated vertex colours."""
+    corners = faces[face]
+    b = [bary[:, k : k + 1].astype(np.float64) for k in range(3)]
+    point = b[0] * vertices[corners[:, 0]] + b[1] * vertices[corners[:, 1]] + b[2] * vertices[corners[:, 2]]
+    acc = np.zeros((len(face), 3), dtype=np.float32)
+    weight = np.zeros(len(face), dtype=np.float32)
+    for slot in range(candidates.shape[1]):
+        cam = candidates[face, slot]
+        for vi in np.unique(cam[cam >= 0]):
+            sel = np.flatnonzero(cam == vi)
+            vw = vertex_weight[vi]
+            c = corners[sel]
+            w = bary[sel, 0] * vw[c[:, 0]] + bary[sel, 1] * vw[c[:, 1]] + bary[sel, 2] * vw[c[:, 2]]
+            rgb, ok = _sample(images[vi], views[vi], point[sel])
+            w *= ok
+            acc[sel] += rgb * w[:, None]
+            weight[sel] += w
+    out = acc / np.maximum(weight, 1e-12)[:, None]
+    none = weight <= 1e-6
+    if none.any():
+        c = corners[none]
+        out[none] = sum(bary[none, k : k + 1] * colours[c[:, k]] for k in range(3))
+    return out
+
+
+def _raycaster(vertices: np.ndarray, faces: np.ndarray) -> Any:
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+    return scene
+
+
+def _rank_views(vertices: np.ndarray, faces: np.ndarray, views: list[View], scene: Any, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray]:
+    """Per face, up to ``MAX_BLEND_VIEWS`` view indices (-1 = none) and their weights in 0..1.
+
+    A view sees a face when the face's centroid is inside its image, nothing of the mesh is in
+    between (ray cast), and it faces the camera within ``MIN_VIEW_COSINE``.
+    """
+    import open3d as o3d
+
+    centroid = vertices[faces].mean(axis=1)
+    normal = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-30)
+    score = np.zeros((len(faces), len(views)), dtype=np.float32)
+    for vi, view in enumerate(views):
+        cancel.check()
+        uv, depth = view.project(centroid)
+        idx = np.flatnonzero(view.in_image(uv, IMAGE_MARGIN) & (depth > 0))
+        d = centroid[idx] - view.center
+        dist = np.linalg.norm(d, axis=1)
+        d /= dist[:, None]
+        cos = np.abs(np.einsum("ij,ij->i", d, normal[idx]))  # winding-agnostic; occlusion decides the side
+        front = cos >= MIN_VIEW_COSINE
+        idx, d, dist, cos = idx[front], d[front], dist[front], cos[front]
+        rays = np.concatenate([np.broadcast_to(view.center, d.shape), d], axis=1).astype(np.float32)
+        t_hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+        visible = t_hit >= dist * (1.0 - 1e-3) - 1e-6
+        idx = idx[visible]
+        score[idx, vi] = cos[visible] ** 2 * view.focal_px / depth[idx]
+    order = np.argsort(-score, axis=1)[:, :MAX_BLEND_VIEWS]
+    top = np.take_along_axis(score, order, axis=1)
+    best = np.maximum(top[:, :1], 1e-30)
+    ratio = top / best
+    keep = (top > 0) & (ratio >= BLEND_RATIO)
+    candidates = np.where(keep, order, -1)
+    weights = np.where(keep, ratio**4, 0.0).astype(np.float32)
+    return candidates, weights
+
+
+def _vertex_weights(faces: np.ndarray, num_vertices: int, candidates: np.ndarray, weights: np.ndarray, num_views: int) -> np.ndarray:
+    """(views, V) mean over a vertex's faces of each view's face weight (0 where it is no candidate)."""
+    per_vertex = np.zeros((num_views, num_vertices), dtype=np.float32)
+    count = np.bincount(faces.reshape(-1), minlength=num_vertices).astype(np.float32)
+    for slot in range(candidates.shape[1]):
+        ok = candidates[:, slot] >= 0
+        for k in range(3):
+            np.add.at(per_vertex, (candidates[ok, slot], faces[ok, k]), weights[ok, slot])
+    return per_vertex / np.maximum(count, 1.0)[None, :]
+
+
+def _read_image(path: Path, view: View) -> np.ndarray:
+    """RGB float32 0..1 image of a view; its size must match the camera's."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ReconstructionFailed("texture", f"cannot read the working image {path}; rerun from the ingest stage")
+    if bgr.shape[1] != view.width or bgr.shape[0] != view.height:
+        raise ReconstructionFailed("texture", f"{path.name} is {bgr.shape[1]}x{bgr.shape[0]} but its camera is {view.width}x{view.height}; rerun from the ingest stage")
+    return bgr[:, :, ::-1].astype(np.float32) / 255.0
+
+
+def _sample(image: np.ndarray, view: View, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear RGB (N, 3) of the image at the projections of world points (N, 3), and validity."""
+    import cv2
+
+    uv, depth = view.project(points)
+    ok = view.in_image(uv, IMAGE_MARGIN) & (depth > 0)
+    uv = np.where(ok[:, None], uv, 0.0) - 0.5  # COLMAP pixel centres are at +0.5
+    n = len(uv)
+    cols = 4096
+    rows = -(-n // cols)
+    mx = np.zeros(rows * cols, dtype=np.float32)
+    my = np.zeros(rows * cols, dtype=np.float32)
+    mx[:n], my[:n] = uv[:, 0], uv[:, 1]
+    out = cv2.remap(image, mx.reshape(rows, cols), my.reshape(rows, cols), interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out.reshape(-1, 3)[:n], ok
+
+
+def _atlas_raycaster(atlas: Atlas) -> Any:
+    """A ray-casting scene of the flat atlas (z = 0, texel units): rasterization by ray casting."""
+    import open3d as o3d
+
+    flat = np.concatenate([atlas.texel_xy, np.zeros((len(atlas.texel_xy), 1))], axis=1)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(flat.astype(np.float32)), o3d.core.Tensor(atlas.faces.astype(np.uint32)))
+    return scene
+
+
+def _rasterize(scene: Any, size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Texels in [start, stop) (row-major indices) whose centres lie on a face: index, face, barycentrics (N, 3)."""
+    import open3d as o3d
+
+    index = np.arange(start, stop, dtype=np.int64)
+    rays = np.zeros((len(index), 6), dtype=np.float32)
+    rays[:, 0] = index % size + 0.5
+    rays[:, 1] = index // size + 0.5
+    rays[:, 2] = 1.0
+    rays[:, 5] = -1.0
+    hit = scene.cast_rays(o3d.core.Tensor(rays))
+    face = hit["primitive_ids"].numpy().astype(np.int64)
+    ok = face != o3d.t.geometry.RaycastingScene.INVALID_ID
+    uv = hit["primitive_uvs"].numpy()[ok]
+    bary = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1).astype(np.float32)
+    return index[ok], face[ok], bary
+
+
+def _push_pull(colour: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Fill unknown texels with a smooth extension of the known ones (pull: average down a
+    pyramid; push: fill each level's holes from the next coarser level)."""
+    import cv2
+
+    levels = [(colour * known[..., None], known.astype(np.float32))]
+    while min(levels[-1][1].shape) > 1:
+        c, w = levels[-1]
+        h2, w2 = (c.shape[0] + 1) // 2, (c.shape[1] + 1) // 2
+        cs = cv2.resize(c, (w2, h2), interpolation=cv2.INTER_AREA)
+        ws = cv2.resize(w, (w2, h2), interpolation=cv2.INTER_AREA)
+        levels.append((cs, ws))
+    filled = levels[-1][0] / np.maximum(levels[-1][1], 1e-12)[..., None]
+    for c, w in reversed(levels[1:-1]):
+        up = cv2.resize(filled, (c.shape[1], c.shape[0]), interpolation=cv2.INTER_LINEAR)
+        a = np.clip(w, 0.0, 1.0)[..., None]
+        filled = c / np.maximum(w, 1e-12)[..., None] * a + up * (1.0 - a)
+    up = cv2.resize(filled, (colour.shape[1], colour.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return np.where(known[..., None], colour, up)
+
+
+def _face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    return 0.5 * np.linalg.norm(np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]), axis=1)
+
+
+def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals (unit), following the faces' winding."""
+    fn = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    vn = np.zeros_like(vertices)
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn)
+    return (vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-30)).astype(np.float32)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> Path:
+    import cv2
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+        raise OSError(f"could not write {tmp}; check free disk space")
+    os.replace(tmp, path)
+    return path
+
+
+def _write_npz(path: Path, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, colours: np.ndarray, uv: np.ndarray | None) -> Path:
+    arrays: dict[str, np.ndarray] = {
+        "vertices": np.asarray(vertices, dtype=np.float64),
+        "faces": np.asarray(faces, dtype=np.int32),
+        "normals": np.asarray(normals, dtype=np.float32),
+        "colors": np.asarray(colours, dtype=np.float32),
+    }
+    if uv is not None:
+        arrays["uv"] = np.asarray(uv, dtype=np.float32)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_untextured(work_dir: Path, vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, reason: str) -> TextureResult:
+    logger.info("texture: keeping vertex colours (%s)", reason)
+    path = _write_npz(work_dir / "textured_mesh.npz", vertices, faces, _vertex_normals(vertices, faces), colours, None)
+    return TextureResult(mesh=path, texture_path=None, textured=False, texture_size=0, fallback_reason=reason, num_vertices=len(vertices), num_faces=len(faces))

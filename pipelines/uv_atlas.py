@@ -1,0 +1,219 @@
+"""A fast UV atlas for scanned meshes: orthographic charts by normal direction, shelf-packed.
+
+Open3D's UVAtlas and xatlas take tens of seconds (UVAtlas also refuses meshes with non-manifold
+vertices) on the 50k-500k-face meshes the mesh stage makes, on 2 CPU cores. Scanned surfaces are
+mostly gently curved, so a simpler scheme does: every face is labelled with the one of six axis
+directions closest to its normal (labels smoothed so charts do not fragment), each connected
+group of same-label faces becomes a chart projected orthographically on the plane of its axis
+(normals within ~55 deg of the axis, so the projection does not fold and stretch stays below
+1.7), turned to its principal axes and packed into rows of the square atlas at one texel size.
+
+Texel coordinates: x to the right and y down from the atlas' top-left corner, in texels, so texel
+(row r, column c) covers [c, c + 1] x [r, r + 1]. :meth:`Atlas.uv_gl` gives the OpenGL/trimesh
+convention (v up) used in files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+AXES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
+MIN_AXIS_COSINE = 0.25
+"""Label smoothing never gives a face an axis more than ~75 deg from its normal."""
+SMOOTHING_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Atlas:
+    """Per-corner UVs as a vertex-split mesh: atlas vertex ``i`` is mesh vertex ``source[i]``."""
+
+    source: np.ndarray
+    """(A,) index of the mesh vertex each atlas vertex copies."""
+    faces: np.ndarray
+    """(F, 3) faces in atlas-vertex indices (same face order as the mesh)."""
+    texel_xy: np.ndarray
+    """(A, 2) position in the atlas in texels (x right, y down)."""
+    face_chart: np.ndarray
+    """(F,) chart of each face."""
+    size: int
+    """Side of the square atlas (texels)."""
+    num_charts: int
+    texel_size: float
+    """Surface length of one texel, in model units (charts are scaled alike)."""
+    fill: float
+    """Fraction of the atlas covered by chart rectangles."""
+
+    def uv_gl(self) -> np.ndarray:
+        """(A, 2) UVs in 0..1 with v pointing up (OpenGL, trimesh; glTF flips v on export)."""
+        return np.stack([self.texel_xy[:, 0] / self.size, 1.0 - self.texel_xy[:, 1] / self.size], axis=1)
+
+
+def build_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int) -> Atlas:
+    """Charts and packing for the mesh (``vertices`` (V, 3), ``faces`` (F, 3)) in a ``size``^2 atlas.
+
+    ``padding`` texels are kept free around every chart for dilation, so bilinear and mip-mapped
+    lookups near chart borders do not pick up other charts' colours.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces, dtype=np.int64)
+    normals = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-30)
+    neighbours = face_neighbours(faces, len(vertices))
+    label = _smooth_labels(np.argmax(normals @ AXES.T, axis=1), normals, neighbours)
+    chart, num_charts = _charts(label, neighbours)
+
+    # Orthographic coordinates of every corner on its chart's plane, turned to principal axes.
+    basis = np.array([_plane_basis(a) for a in AXES])  # (6, 2, 3)
+    corner_chart = np.repeat(chart, 3)
+    corner_label = np.repeat(label, 3)
+    p = vertices[faces.reshape(-1)]
+    xy = np.einsum("nij,nj->ni", basis[corner_label], p)
+    xy = _to_principal_axes(xy, corner_chart, num_charts)
+    lo = np.full((num_charts, 2), np.inf)
+    hi = np.full((num_charts, 2), -np.inf)
+    np.minimum.at(lo, corner_chart, xy)
+    np.maximum.at(hi, corner_chart, xy)
+    extent = hi - lo
+    turn = extent[:, 1] > extent[:, 0]  # lay every chart flat: rows pack better
+    extent[turn] = extent[turn][:, ::-1]
+    local = xy - lo[corner_chart]
+    local[turn[corner_chart]] = local[turn[corner_chart]][:, ::-1]
+
+    texel_size, origin, fill = _pack(extent, size, padding)
+    texel_corner = local / texel_size + origin[corner_chart] + padding
+
+    # Split vertices along chart borders: one atlas vertex per (mesh vertex, chart) pair.
+    key = faces.reshape(-1) * num_charts + corner_chart
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return Atlas(
+        source=faces.reshape(-1)[first],
+        faces=inverse.reshape(-1, 3),
+        texel_xy=texel_corner[first],
+        face_chart=chart,
+        size=size,
+        num_charts=num_charts,
+        texel_size=texel_size,
+        fill=fill,
+    )
+
+
+def face_neighbours(faces: np.ndarray, num_vertices: int) -> np.ndarray:
+    """(F, 3) the face across each edge (v0v1, v1v2, v2v0), -1 on borders and non-manifold edges."""
+    f = len(faces)
+    a = faces.reshape(-1)
+    b = faces[:, [1, 2, 0]].reshape(-1)
+    key = np.minimum(a, b).astype(np.int64) * num_vertices + np.maximum(a, b)
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    same = k[1:] == k[:-1]
+    # an edge shared by exactly two faces: equal to the next, and not equal to the one after
+    pair = same & np.append(~same[1:], True) & np.insert(~same[:-1], 0, True)
+    i = np.flatnonzero(pair)
+    e0, e1 = order[i], order[i + 1]
+    out = np.full(3 * f, -1, dtype=np.int64)
+    out[e0] = e1 // 3
+    out[e1] = e0 // 3
+    return out.reshape(f, 3)
+
+
+def _smooth_labels(label: np.ndarray, normals: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Majority vote among a face and its neighbours, restricted to axes near the face's normal."""
+    cos = normals @ AXES.T  # (F, 6)
+    rows = np.arange(len(label))
+    for _ in range(SMOOTHING_ROUNDS):
+        cand = np.concatenate([label[:, None], np.where(neighbours >= 0, label[np.maximum(neighbours, 0)], -1)], axis=1)
+        votes = np.zeros((len(label), 6), dtype=np.int32)
+        for j in range(4):
+            ok = cand[:, j] >= 0
+            np.add.at(votes, (rows[ok], cand[ok, j]), 1)
+        score = votes + 0.5 * (np.arange(6)[None, :] == label[:, None])  # ties keep the own label
+        score[cos < MIN_AXIS_COSINE] = -1.0
+        best = np.argmax(score, axis=1)
+        if np.array_equal(best, label):
+            break
+        label = best
+    return label
+
+
+def _charts(label: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of faces joined across edges where both sides have the same label."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    f = len(label)
+    src = np.repeat(np.arange(f), 3)
+    dst = neighbours.reshape(-1)
+    ok = (dst >= 0) & (label[src] == label[np.maximum(dst, 0)])
+    graph = coo_matrix((np.ones(int(ok.sum()), dtype=np.int8), (src[ok], dst[ok])), shape=(f, f))
+    count, chart = connected_components(graph, directed=False)
+    return chart.astype(np.int64), int(count)
+
+
+def _plane_basis(axis: np.ndarray) -> np.ndarray:
+    """(2, 3) orthonormal vectors spanning the plane perpendicular to ``axis``, right-handed."""
+    helper = np.array([0.0, 0.0, 1.0]) if abs(axis[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    e1 = np.cross(helper, axis)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    return np.stack([e1, e2])
+
+
+def _to_principal_axes(xy: np.ndarray, chart: np.ndarray, num_charts: int) -> np.ndarray:
+    """Rotate each chart's 2D points so its minimum-area bounding rectangle is axis-aligned."""
+    import cv2
+
+    order = np.argsort(chart, kind="stable")
+    bounds = np.searchsorted(chart[order], np.arange(num_charts + 1))
+    angle = np.zeros(num_charts)
+    pts = xy[order].astype(np.float32)
+    for c in range(num_charts):
+        chunk = pts[bounds[c] : bounds[c + 1]]
+        if len(chunk) >= 3:
+            angle[c] = math.radians(cv2.minAreaRect(chunk)[2])
+    c, s = np.cos(angle)[chart], np.sin(angle)[chart]
+    return np.stack([c * xy[:, 0] + s * xy[:, 1], -s * xy[:, 0] + c * xy[:, 1]], axis=1)
+
+
+def _pack(extent: np.ndarray, size: int, padding: int) -> tuple[float, np.ndarray, float]:
+    """Shelf-pack chart rectangles (model units) at the smallest texel size that fits ``size``^2.
+
+    Returns the texel size (model units), each chart's top-left corner in texels (before its
+    padding), and the fraction of the atlas the padded rectangles cover.
+    """
+    area = float(np.sum((extent[:, 0] + 1e-12) * (extent[:, 1] + 1e-12)))
+    usable = (size - 2 * padding) ** 2
+    texel = math.sqrt(area / usable) if area > 0 else 1.0
+    order = np.argsort(-extent[:, 1], kind="stable")
+    for _ in range(60):
+        placed = _shelves(extent[order], texel, size, padding)
+        if placed is not None:
+            origin = np.empty((len(extent), 2))
+            origin[order] = placed
+            boxes = np.ceil(extent / texel) + 2 * padding + 1
+            return texel, origin, float(np.sum(boxes[:, 0] * boxes[:, 1]) / size**2)
+        texel *= 1.03
+    raise ValueError(f"{len(extent)} charts do not fit a {size}x{size} atlas; use a larger texture.texture_size")
+
+
+def _shelves(extent: np.ndarray, texel: float, size: int, padding: int) -> np.ndarray | None:
+    """Top-left corners (N, 2) of rectangles (sorted by falling height) in rows, or None if too tall."""
+    w = np.ceil(extent[:, 0] / texel) + 2 * padding + 1
+    h = np.ceil(extent[:, 1] / texel) + 2 * padding + 1
+    if np.any(w > size):
+        return None
+    out = np.empty((len(w), 2))
+    ends = np.cumsum(w)
+    start, y = 0, 0.0
+    while start < len(w):
+        before = ends[start - 1] if start else 0.0
+        stop = int(np.searchsorted(ends, before + size, side="right"))
+        out[start:stop, 0] = np.concatenate([[0.0], ends[start : stop - 1] - before])
+        out[start:stop, 1] = y
+        y += h[start]
+        if y > size:
+            return None
+        start = stop
+    return out

@@ -1,0 +1,118 @@
+"""The registered views of a COLMAP model as plain arrays, for the mesh, texture and export stages.
+
+Poses are camera-from-world (``x_cam = R @ x_world + t``) with COLMAP/OpenCV axes (x right, y down,
+z forward); pixel coordinates follow COLMAP (the centre of the top-left pixel is (0.5, 0.5)).
+Projection goes through ``pycolmap.Camera.img_from_cam``, so every COLMAP camera model's lens
+distortion is honoured.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.errors import ReconstructionFailed
+
+if TYPE_CHECKING:
+    import pycolmap
+
+
+@dataclass(frozen=True)
+class View:
+    """One registered photo: its camera model (pixels) and camera-from-world pose (model units)."""
+
+    name: str
+    """Image name inside the working images folder."""
+    camera: Any
+    """``pycolmap.Camera`` (intrinsics and distortion of the working image)."""
+    R: np.ndarray
+    """(3, 3) camera-from-world rotation."""
+    t: np.ndarray
+    """(3,) camera-from-world translation."""
+    width: int
+    height: int
+
+    @property
+    def center(self) -> np.ndarray:
+        """Camera centre in world coordinates: ``-R^T t``."""
+        return -self.R.T @ self.t
+
+    @property
+    def up(self) -> np.ndarray:
+        """The photo's "up" direction in world coordinates (the camera's -y axis)."""
+        return -self.R[1]
+
+    @property
+    def forward(self) -> np.ndarray:
+        """The viewing direction in world coordinates (the camera's +z axis)."""
+        return self.R[2]
+
+    def to_camera(self, points: np.ndarray) -> np.ndarray:
+        """World points (N, 3) in this camera's frame (N, 3); z is the depth along the optical axis."""
+        # einsum, not ``@``: BLAS threads contend with Open3D's on small inner dimensions
+        return np.einsum("ij,kj->ik", points, self.R) + self.t
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates (N, 2) and depths (N,) of world points (N, 3).
+
+        Points behind the camera get NaN pixels; depth is in model units along the optical axis.
+        """
+        cam = self.to_camera(np.asarray(points, dtype=np.float64))
+        uv = np.full((len(cam), 2), np.nan)
+        front = cam[:, 2] > 1e-9
+        if front.any():
+            uv[front] = self.camera.img_from_cam(cam[front], check_cheirality=False)
+        return uv, cam[:, 2]
+
+    def in_image(self, uv: np.ndarray, margin: float = 0.0) -> np.ndarray:
+        """Mask of pixel coordinates (N, 2) at least ``margin`` px inside the image (NaN is outside)."""
+        with np.errstate(invalid="ignore"):
+            return (uv[:, 0] >= margin) & (uv[:, 0] <= self.width - margin) & (uv[:, 1] >= margin) & (uv[:, 1] <= self.height - margin)
+
+    @property
+    def focal_px(self) -> float:
+        return float(self.camera.mean_focal_length())
+
+
+def load_views(sparse_dir: Path, stage: str) -> list[View]:
+    """The registered views of the COLMAP model in ``sparse_dir``, sorted by image name.
+
+    Raises ``ReconstructionFailed(stage, ...)`` when the model cannot be read or holds no view.
+    """
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(sparse_dir))
+    except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError for unreadable models
+        raise ReconstructionFailed(stage, f"cannot read the sparse model in {sparse_dir}: {exc}; rerun the sparse stage") from exc
+    views = []
+    for image_id in rec.reg_image_ids():
+        image: pycolmap.Image = rec.images[image_id]
+        pose = image.cam_from_world()
+        cam = copy.deepcopy(image.camera)  # the model's own camera dies with ``rec``
+        views.append(
+            View(
+                name=image.name,
+                camera=cam,
+                R=np.asarray(pose.rotation.matrix(), dtype=np.float64),
+                t=np.asarray(pose.translation, dtype=np.float64).reshape(3),
+                width=int(cam.width),
+                height=int(cam.height),
+            )
+        )
+    if not views:
+        raise ReconstructionFailed(stage, f"the sparse model in {sparse_dir} has no registered photo; take more overlapping photos")
+    return sorted(views, key=lambda v: v.name)
+
+
+def observed_mask(points: np.ndarray, views: list[View], min_views: int = 1, margin: float = 0.0) -> np.ndarray:
+    """Mask of world points (N, 3) inside the image of at least ``min_views`` views (no occlusion test)."""
+    count = np.zeros(len(points), dtype=np.int32)
+    for view in views:
+        uv, depth = view.project(points)
+        count += view.in_image(uv, margin) & (depth > 0)
+    return count >= min_views

@@ -1,0 +1,348 @@
+"""Dense stage on the rendered tabletop_small scene with its exact cameras (no SfM in the loop).
+
+Accuracy is measured against the ground-truth mesh inside the crop box, in metres; tau is 1 % of
+the crop diagonal (~2.1 cm), the pipeline's F-score threshold. Measured on this scene with the
+balanced preset: ~100 % of points within tau (99.6 % within tau/2, median 1.1 mm), recall 0.87,
+normals' median error 9 degrees. The bounds below leave room for platform noise but not for a
+half-pixel convention slip, a wrong pose inversion, or unfiltered depth maps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures import groundtruth
+from fixtures.scenes import make_scene
+from pipelines import dense
+from pipelines.dense_views import plan_views, prepare_views
+from pipelines.errors import Cancelled, InvalidOptions, ReconstructionFailed
+from pipelines.evaluate import distances_to_mesh, sample_in_crop
+from pipelines.options import build_options
+from pipelines.progress import CancelToken, no_progress
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """The two attributes dense.run reads from the SfM result."""
+
+    sparse_dir: Path
+    images_dir: Path
+
+
+@pytest.fixture(scope="module")
+def scene() -> Path:
+    return make_scene("tabletop_small")
+
+
+def _sparse(scene: Path, out: Path, add_points: int) -> Sparse:
+    out.mkdir(parents=True, exist_ok=True)
+    groundtruth.to_colmap_reconstruction(scene, add_points=add_points).write(str(out))
+    return Sparse(out, scene / "images")
+
+
+@pytest.fixture(scope="module")
+def gt_sparse(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Sparse:
+    """Exact cameras plus 1500 exact surface points (as SfM would give, without its noise)."""
+    return _sparse(scene, tmp_path_factory.mktemp("sparse"), add_points=1500)
+
+
+@dataclass
+class DenseRun:
+    result: dense.DenseResult
+    progress: list[tuple[float, str]]
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def balanced_run(gt_sparse: Sparse, tmp_path_factory: pytest.TempPathFactory) -> DenseRun:
+    out = tmp_path_factory.mktemp("dense")
+    reports: list[tuple[float, str]] = []
+    start = time.monotonic()
+    result = dense.run(
+        gt_sparse, out / "work", out / "points.ply", build_options("balanced").dense,
+        lambda f, m: reports.append((f, m)), CancelToken(),
+    )
+    return DenseRun(result, reports, time.monotonic() - start)
+
+
+def _cloud(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import open3d as o3d
+
+    cloud = o3d.io.read_point_cloud(str(path))
+    return np.asarray(cloud.points), np.asarray(cloud.colors), np.asarray(cloud.normals)
+
+
+def _in_crop(scene: Path, points: np.ndarray) -> np.ndarray:
+    return groundtruth.load_crop(scene).contains(points)
+
+
+def test_fused_points_lie_on_the_ground_truth_surface(scene: Path, balanced_run: DenseRun) -> None:
+    points, _, _ = _cloud(balanced_run.result.points_path)
+    mesh = groundtruth.load_mesh(scene)
+    tau = 0.01 * groundtruth.load_crop(scene).diagonal
+    inside = points[_in_crop(scene, points)]
+    assert len(inside) > 20_000
+    dist = distances_to_mesh(inside, np.asarray(mesh.vertices), np.asarray(mesh.triangles))
+    assert np.mean(dist < tau) >= 0.97
+    assert np.mean(dist < tau / 4) >= 0.85  # ~5 mm: sub-pixel accurate, not merely "near"
+    assert np.median(dist) < 0.004
+
+
+def test_fused_points_cover_most_of_the_ground_truth_surface(scene: Path, balanced_run: DenseRun) -> None:
+    from scipy.spatial import cKDTree
+
+    points, _, _ = _cloud(balanced_run.result.points_path)
+    mesh = groundtruth.load_mesh(scene)
+    crop = groundtruth.load_crop(scene)
+    samples = sample_in_crop(np.asarray(mesh.vertices), np.asarray(mesh.triangles), crop.min, crop.max, 20_000, seed=0)
+    dist, _ = cKDTree(points).query(samples, k=1)
+    assert np.mean(dist < 0.01 * crop.diagonal) >= 0.78
+
+
+def test_normals_agree_with_the_ground_truth_and_face_the_cameras(scene: Path, balanced_run: DenseRun) -> None:
+    import open3d as o3d
+
+    points, _, normals = _cloud(balanced_run.result.points_path)
+    keep = _in_crop(scene, points)
+    points, normals = points[keep], normals[keep]
+    mesh = groundtruth.load_mesh(scene)
+    mesh.compute_triangle_normals()
+    raycaster = o3d.t.geometry.RaycastingScene()
+    raycaster.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
+    nearest = raycaster.compute_closest_points(o3d.core.Tensor(points.astype(np.float32)))
+    gt_normals = np.asarray(mesh.triangle_normals)[nearest["primitive_ids"].numpy()]
+    cos = np.einsum("ij,ij->i", normals, gt_normals)
+    angles = np.degrees(np.arccos(np.clip(np.abs(cos), 0, 1)))
+    assert np.median(angles) < 15.0
+    assert np.mean(angles < 30.0) > 0.8
+    # Oriented: the GT mesh's faces point outwards (toward the cameras), and so must ours.
+    assert np.mean(cos > 0) > 0.95
+
+
+def test_point_colours_come_from_the_photos(scene: Path, balanced_run: DenseRun) -> None:
+    from PIL import Image
+
+    points, colours, _ = _cloud(balanced_run.result.points_path)
+    cam = groundtruth.load_cameras(scene)[0]
+    uv, depth = cam.project(points)
+    ui, vi = np.floor(uv[:, 0]).astype(int), np.floor(uv[:, 1]).astype(int)
+    seen = (depth > 0) & (ui >= 0) & (ui < cam.width) & (vi >= 0) & (vi < cam.height)
+    photo = np.asarray(Image.open(scene / "images" / cam.name).convert("RGB"), dtype=np.float64) / 255.0
+    diff = np.abs(photo[vi[seen], ui[seen]] - colours[seen]).mean(axis=1)
+    # Occluded points get another surface's colour; most points are seen and match to a few levels.
+    assert np.median(diff) < 0.08
+    shuffled = np.abs(photo[vi[seen], ui[seen]] - np.roll(colours[seen], 5000, axis=0)).mean(axis=1)
+    assert np.median(shuffled) > 2 * np.median(diff)
+
+
+def test_result_describes_the_run_and_progress_is_monotonic(balanced_run: DenseRun) -> None:
+    result = balanced_run.result
+    assert result.backend == "cpu_plane_sweep"
+    assert result.num_depth_maps == 12
+    assert result.image_size == (640, 480)
+    assert result.used_sparse_points
+    assert 10_000 < result.num_points == len(_cloud(result.points_path)[0])
+    assert not list(result.points_path.parent.glob("*.tmp*"))
+    summary = result.summary()
+    assert summary["num_points"] == result.num_points and summary["views_without_sources"] == []
+    assert 0 < summary["consistent_fraction"] < 1
+    assert all(len(v.sources) == 4 and v.fused_pixels > 0 for v in result.views)
+    fractions = [f for f, _ in balanced_run.progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert len(fractions) >= 10
+
+
+def test_source_views_are_the_ring_neighbours(gt_sparse: Sparse, tmp_path: Path) -> None:
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(gt_sparse.sparse_dir))
+    views = prepare_views(rec, gt_sparse.images_dir, tmp_path, 320, no_progress, CancelToken())
+    plans, used_points = plan_views(rec, views, 2)
+    assert used_points
+    n = len(views)
+    for k, plan in enumerate(plans):
+        # Photos are taken walking once around the objects: the best partners are the next ones.
+        steps = sorted(min(abs(j - k), n - abs(j - k)) for j in plan.sources)
+        assert steps == [1, 1], (k, plan.sources)
+        assert 0.5 < plan.depth_min < 1.5 < 2.5 < plan.depth_max < 8.0
+
+
+def test_cameras_without_sparse_points_still_give_an_accurate_cloud(scene: Path, tmp_path: Path) -> None:
+    sparse = _sparse(scene, tmp_path / "sparse", add_points=0)
+    result = dense.run(sparse, tmp_path / "work", tmp_path / "points.ply", build_options("preview").dense, no_progress, CancelToken())
+    assert not result.used_sparse_points
+    points, _, _ = _cloud(result.points_path)
+    inside = points[_in_crop(scene, points)]
+    mesh = groundtruth.load_mesh(scene)
+    dist = distances_to_mesh(inside, np.asarray(mesh.vertices), np.asarray(mesh.triangles))
+    assert len(inside) > 5_000
+    assert np.mean(dist < 0.01 * groundtruth.load_crop(scene).diagonal) >= 0.95
+
+
+def test_undistorted_working_image_matches_a_pinhole_photo(scene: Path, tmp_path: Path) -> None:
+    """A photo distorted with a SIMPLE_RADIAL camera comes back as the original pinhole photo."""
+    import cv2
+    import pycolmap
+
+    cam = groundtruth.load_cameras(scene)[0]
+    pinhole = cv2.imread(str(scene / "images" / cam.name))
+    f, cx, cy, k = cam.K[0, 0], cam.K[0, 2], cam.K[1, 2], -0.12
+    camera = pycolmap.Camera(camera_id=1, model="SIMPLE_RADIAL", width=cam.width, height=cam.height, params=[f, cx, cy, k])
+    # Distorted photo: each of its pixels shows what the pinhole photo shows along the same ray.
+    u, v = np.meshgrid(np.arange(cam.width) + 0.5, np.arange(cam.height) + 0.5)
+    rays = camera.cam_from_img(np.stack([u.ravel(), v.ravel()], axis=1))
+    map_x = (f * rays[:, 0] + cx - 0.5).reshape(u.shape).astype(np.float32)
+    map_y = (f * rays[:, 1] + cy - 0.5).reshape(u.shape).astype(np.float32)
+    distorted = cv2.remap(pinhole, map_x, map_y, cv2.INTER_LINEAR)
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "distorted.png"), distorted)
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(camera)
+    rec.add_image_with_trivial_frame(pycolmap.Image(name="distorted.png", camera_id=1, image_id=1), pycolmap.Rigid3d())
+
+    (view,) = prepare_views(rec, images, tmp_path / "work", 640, no_progress, CancelToken())
+    working, valid = view.load()
+    assert np.allclose(view.K, [[f, 0, cx - 0.5], [0, f, cy - 0.5], [0, 0, 1]])
+    # Compare away from the image centre (where distortion is small) and the edges (content lost).
+    radius = np.hypot(u - cx, v - cy) / np.hypot(cx, cy)
+    ring = valid & (radius > 0.4) & (radius < 0.85)
+    err = np.abs(working[..., ::-1].astype(float) - pinhole.astype(float)).mean(axis=2)
+    before = np.abs(distorted.astype(float) - pinhole.astype(float)).mean(axis=2)
+    assert np.median(err[ring]) < 4.0
+    assert np.median(before[ring]) > 3 * np.median(err[ring])
+
+
+def test_cancel_during_depth_maps_stops_within_5_seconds(gt_sparse: Sparse, tmp_path: Path) -> None:
+    cancel = CancelToken()
+    cancelled_at: list[float] = []
+
+    def progress(fraction: float, message: str) -> None:
+        if fraction > 0.1 and not cancelled_at:  # undistortion done, depth maps under way
+            cancelled_at.append(time.monotonic())
+            threading.Thread(target=cancel.cancel).start()
+
+    options = build_options("balanced").dense
+    with pytest.raises(Cancelled):
+        dense.run(gt_sparse, tmp_path / "work", tmp_path / "points.ply", options, progress, cancel)
+    assert cancelled_at and time.monotonic() - cancelled_at[0] < 5.0
+    assert not (tmp_path / "points.ply").exists()
+
+
+def test_photos_that_share_nothing_fail_with_a_clear_message(tmp_path: Path) -> None:
+    import pycolmap
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=1, model="PINHOLE", width=320, height=240, params=[300, 300, 160, 120]))
+    # Two cameras back to back: each looks where the other cannot see.
+    for image_id, yaw in ((1, 0.0), (2, np.pi)):
+        R = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+        name = f"photo_{image_id}.png"
+        from PIL import Image
+
+        Image.fromarray(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)).save(images / name)
+        pose = pycolmap.Rigid3d(pycolmap.Rotation3d(R), np.zeros(3))
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=name, camera_id=1, image_id=image_id), pose)
+    sparse_dir = tmp_path / "sparse"
+    sparse_dir.mkdir()
+    rec.write(str(sparse_dir))
+    with pytest.raises(ReconstructionFailed, match="overlap") as info:
+        dense.run(Sparse(sparse_dir, images), tmp_path / "work", tmp_path / "points.ply", build_options().dense, no_progress, CancelToken())
+    assert info.value.stage == "dense"
+
+
+def test_a_single_placed_photo_fails_with_a_clear_message(scene: Path, tmp_path: Path) -> None:
+    import pycolmap
+
+    rec = groundtruth.to_colmap_reconstruction(scene)
+    for image_id in list(rec.reg_image_ids())[1:]:
+        rec.deregister_frame(rec.image(image_id).frame_id)
+    rec.write(str(tmp_path))
+    assert pycolmap.Reconstruction(str(tmp_path)).num_reg_images() == 1
+    with pytest.raises(ReconstructionFailed, match="at least 2"):
+        dense.run(Sparse(tmp_path, scene / "images"), tmp_path / "work", tmp_path / "points.ply", build_options().dense, no_progress, CancelToken())
+
+
+def test_cuda_backend_without_cuda_is_an_invalid_option(gt_sparse: Sparse, tmp_path: Path) -> None:
+    import pycolmap
+
+    if pycolmap.has_cuda:
+        pytest.skip("this pycolmap has CUDA")
+    options = replace(build_options().dense, backend="cuda")
+    with pytest.raises(InvalidOptions, match="CUDA") as info:
+        dense.run(gt_sparse, tmp_path / "work", tmp_path / "points.ply", options, no_progress, CancelToken())
+    assert info.value.key == "dense.backend"
+
+
+def _write_colmap_mat(path: Path, array: np.ndarray) -> None:
+    """COLMAP's depth/normal map file: ``width&height&channels&`` then float32, one channel after another."""
+    array = np.asarray(array, np.float32)
+    if array.ndim == 2:
+        array = array[..., None]
+    h, w, c = array.shape
+    path.write_bytes(f"{w}&{h}&{c}&".encode() + np.ascontiguousarray(np.moveaxis(array, -1, 0)).astype("<f4").tobytes())
+
+
+def test_cuda_backend_runs_colmap_undistortion_and_fusion(
+    scene: Path, gt_sparse: Sparse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CUDA branch end to end, with our CPU depth maps standing in for PatchMatch (GPU only).
+
+    Real ``undistort_images`` and ``stereo_fusion`` run on the workspace; only the depth step is
+    replaced, by writing the CPU backend's depth and normal maps in COLMAP's format.
+    """
+    import json
+
+    import pycolmap
+
+    from pipelines.dense_fusion import depth_normals
+    from pipelines.dense_views import View
+
+    options = build_options("preview").dense
+    cpu = dense.run(gt_sparse, tmp_path / "cpu", tmp_path / "cpu.ply", options, no_progress, CancelToken())
+    meta = json.loads((tmp_path / "cpu" / "views.json").read_text())
+    calls: list[dict[str, object]] = []
+
+    def patch_match_stand_in(workspace_path: Path, options: object, cancellation_token: object) -> None:
+        calls.append({"options": options, "token": cancellation_token})
+        for m in meta:
+            view = View(m["index"], m["name"], np.array(m["K_opencv"]), np.array(m["cam_from_world_R"]), np.array(m["cam_from_world_t"]), m["width"], m["height"], tmp_path / "cpu" / "images" / m["image"], None)
+            depth = np.load(tmp_path / "cpu" / "depth" / f"{m['index']:05d}.npy")
+            normals, ok = depth_normals(view, depth)
+            for kind, data in (("depth_maps", np.where(ok, depth, 0)), ("normal_maps", normals)):
+                folder = Path(workspace_path) / "stereo" / kind
+                folder.mkdir(parents=True, exist_ok=True)
+                _write_colmap_mat(folder / f"{m['name']}.geometric.bin", data)
+
+    monkeypatch.setattr(pycolmap, "has_cuda", True)
+    monkeypatch.setattr(pycolmap, "patch_match_stereo", patch_match_stand_in)
+    cuda_options = replace(options, backend="cuda")
+    result = dense.run(gt_sparse, tmp_path / "cuda", tmp_path / "cuda.ply", cuda_options, no_progress, CancelToken())
+
+    assert len(calls) == 1 and calls[0]["options"].geom_consistency  # type: ignore[attr-defined]
+    assert (tmp_path / "cuda" / "colmap_mvs" / "stereo" / "patch-match.cfg").exists()
+    assert result.backend == "colmap_patch_match" and result.num_depth_maps == 12
+    assert result.image_size == cpu.image_size == (400, 300)
+    points, colours, normals = _cloud(result.points_path)
+    assert len(points) > 5_000 and colours.std() > 0.05 and np.allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-3)
+    inside = points[_in_crop(scene, points)]
+    mesh = groundtruth.load_mesh(scene)
+    dist = distances_to_mesh(inside, np.asarray(mesh.vertices), np.asarray(mesh.triangles))
+    assert np.mean(dist < 0.01 * groundtruth.load_crop(scene).diagonal) >= 0.95
+
+
+def test_more_confirmations_than_source_views_is_an_invalid_option(gt_sparse: Sparse, tmp_path: Path) -> None:
+    options = build_options("balanced", {"dense.num_source_views": 2, "dense.min_consistent_views": 3}).dense
+    with pytest.raises(InvalidOptions) as info:
+        dense.run(gt_sparse, tmp_path / "work", tmp_path / "points.ply", options, no_progress, CancelToken())
+    assert info.value.key == "dense.min_consistent_views"
+    assert not (tmp_path / "work").exists()

@@ -1,0 +1,182 @@
+"""Texturing stage on the ground-truth surface of the committed fixture scene, checked against the photos."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fixtures import groundtruth
+from fixtures.scenes import make_scene
+from pipelines import texture
+from pipelines.errors import Cancelled
+from pipelines.options import build_options
+from pipelines.preview import sample_texture
+from pipelines.progress import CancelToken, no_progress
+from tests.pipelines.surface_inputs import GtSparse, GtSurface, gt_sparse, gt_surface
+
+OPTIONS = replace(build_options("preview").texture, texture_size=2048)
+
+
+@pytest.fixture(scope="module")
+def scene() -> Path:
+    return make_scene("tabletop_small")
+
+
+@pytest.fixture(scope="module")
+def inputs(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[GtSurface, GtSparse]:
+    root = tmp_path_factory.mktemp("texture_inputs")
+    return gt_surface(scene, root / "surface.ply"), gt_sparse(scene, root / "sparse")
+
+
+@pytest.fixture(scope="module")
+def result(inputs: tuple[GtSurface, GtSparse], tmp_path_factory: pytest.TempPathFactory) -> texture.TextureResult:
+    surface, sparse = inputs
+    reports: list[float] = []
+    res = texture.run(surface, sparse, tmp_path_factory.mktemp("texture"), OPTIONS, lambda f, m: reports.append(f), CancelToken())
+    assert reports == sorted(reports) and reports[-1] == 1.0
+    return res
+
+
+def _load(res: texture.TextureResult) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    with np.load(res.mesh) as data:
+        arrays = {k: data[k] for k in data.files}
+    assert res.texture_path is not None
+    image = cv2.imread(str(res.texture_path), cv2.IMREAD_COLOR)[:, :, ::-1]
+    return arrays, np.ascontiguousarray(image)
+
+
+def _sample_faces(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random faces (by area) and barycentric weights (n, 3) of points on them."""
+    tri = vertices[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    pick = rng.choice(len(faces), size=n, p=area / area.sum())
+    a, b = rng.random(n), rng.random(n)
+    flip = a + b > 1
+    a[flip], b[flip] = 1 - a[flip], 1 - b[flip]
+    return pick, np.stack([1 - a - b, a, b], axis=1)
+
+
+def test_result_describes_a_textured_mesh(result: texture.TextureResult) -> None:
+    assert result.textured and result.fallback_reason is None
+    assert result.texture_size == OPTIONS.texture_size
+    assert result.views_used == 12
+    assert result.seen_fraction > 0.9  # the rest is ground and step tops hidden under objects
+    summary = result.summary()
+    assert summary["textured"] is True and summary["charts"] == result.num_charts > 0
+
+
+def test_baked_colours_match_the_photos_at_surface_points(result: texture.TextureResult, scene: Path) -> None:
+    """Texture colour at a surface point == the photo's colour where the most frontal camera sees it."""
+    import open3d as o3d
+
+    mesh, image = _load(result)
+    v, f, uv = mesh["vertices"], mesh["faces"], mesh["uv"]
+    crop = groundtruth.load_crop(scene)
+    rng = np.random.default_rng(0)
+    face, bary = _sample_faces(v, f, 20_000, rng)
+    points = np.einsum("nk,nkj->nj", bary, v[f[face]])
+    inside = crop.contains(points)
+    points, face, bary = points[inside], face[inside], bary[inside]
+    baked = sample_texture(image, np.einsum("nk,nkj->nj", bary, uv[f[face]]))
+
+    tri = v[f[face]]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    scene_rc = o3d.t.geometry.RaycastingScene()
+    scene_rc.add_triangles(o3d.core.Tensor(v.astype(np.float32)), o3d.core.Tensor(f.astype(np.uint32)))
+    best_cos = np.zeros(len(points))
+    photo = np.zeros((len(points), 3))
+    for cam in groundtruth.load_cameras(scene):
+        pix, depth = cam.project(points)
+        d = points - cam.center
+        dist = np.linalg.norm(d, axis=1)
+        cos = np.abs(np.sum(d * normal, axis=1)) / dist
+        rays = np.concatenate([np.broadcast_to(cam.center, d.shape), d / dist[:, None]], axis=1).astype(np.float32)
+        visible = scene_rc.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy() > dist - 1e-3
+        ok = visible & (depth > 0) & (pix[:, 0] > 2) & (pix[:, 1] > 2) & (pix[:, 0] < cam.width - 2) & (pix[:, 1] < cam.height - 2) & (cos > best_cos)
+        img = cv2.imread(str(scene / "images" / cam.name))[:, :, ::-1].astype(np.float32) / 255.0
+        xy = (pix[ok] - 0.5).astype(np.float32)
+        photo[ok] = cv2.remap(img, xy[:, :1], xy[:, 1:], cv2.INTER_LINEAR)[:, 0]
+        best_cos[ok] = cos[ok]
+    frontal = best_cos > 0.5
+    assert frontal.mean() > 0.8
+    error = np.abs(baked[frontal] - photo[frontal]).mean()
+    shuffled = np.abs(baked[frontal] - rng.permutation(photo[frontal])).mean()
+    print(f"mean abs error {error:.4f}, shuffled {shuffled:.4f}")
+    assert error < 0.045, error
+    assert shuffled > 4 * error  # the comparison can tell a right texture from a wrong one
+
+
+def test_atlas_charts_do_not_overlap(result: texture.TextureResult) -> None:
+    import open3d as o3d
+
+    mesh, _ = _load(result)
+    uv, f = mesh["uv"], mesh["faces"]
+    assert uv.min() >= 0.0 and uv.max() <= 1.0
+    flat = np.concatenate([uv, np.zeros((len(uv), 1))], axis=1).astype(np.float32)
+    rc = o3d.t.geometry.RaycastingScene()
+    rc.add_triangles(o3d.core.Tensor(flat), o3d.core.Tensor(f.astype(np.uint32)))
+    centre = uv[f].mean(axis=1)
+    rays = np.concatenate([centre, np.ones((len(f), 1)), np.zeros((len(f), 2)), -np.ones((len(f), 1))], axis=1).astype(np.float32)
+    hit = rc.cast_rays(o3d.core.Tensor(rays))["primitive_ids"].numpy().astype(np.int64)
+    e1, e2 = uv[f[:, 1]] - uv[f[:, 0]], uv[f[:, 2]] - uv[f[:, 0]]
+    area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    real = area > 1e-12
+    assert np.mean(hit[real] != np.arange(len(f))[real]) < 0.001
+
+
+def test_chart_borders_are_padded_with_their_own_colours(result: texture.TextureResult) -> None:
+    """Texels just outside the charts repeat the chart colours, so filtering shows no dark seams."""
+    mesh, image = _load(result)
+    size = image.shape[0]
+    uv, f = mesh["uv"], mesh["faces"]
+    covered = np.zeros((size, size), np.uint8)
+    px = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=1)
+    cv2.fillPoly(covered, list(np.round(px[f] * 16).astype(np.int32)), 1, lineType=cv2.LINE_8, shift=4)
+    ring = (cv2.dilate(covered, np.ones((5, 5), np.uint8)) > 0) & (covered == 0)
+    img = image.astype(np.float32) / 255.0
+    inside_sum = cv2.boxFilter(img * covered[..., None], -1, (7, 7), normalize=False)
+    inside_n = cv2.boxFilter(covered.astype(np.float32), -1, (7, 7), normalize=False)
+    near = inside_sum[ring] / np.maximum(inside_n[ring], 1)[:, None]
+    assert ring.sum() > 1000
+    print(f"ring error {np.abs(img[ring] - near).mean():.4f}")
+    assert np.abs(img[ring] - near).mean() < 0.06
+    assert np.all(image.reshape(-1, 3).max(axis=1) > 0) or (image.reshape(-1, 3).max(axis=1) == 0).mean() < 1e-4
+
+
+def test_disabled_texture_keeps_vertex_colours(inputs: tuple[GtSurface, GtSparse], tmp_path: Path) -> None:
+    surface, sparse = inputs
+    res = texture.run(surface, sparse, tmp_path, replace(OPTIONS, enabled=False), no_progress, CancelToken())
+    assert not res.textured and res.texture_path is None and res.texture_size == 0
+    assert "texture.enabled" in (res.fallback_reason or "")
+    with np.load(res.mesh) as data:
+        assert "uv" not in data.files
+        assert data["colors"].shape == data["vertices"].shape and len(data["faces"]) == res.num_faces
+
+
+def test_unreadable_photos_fall_back_to_vertex_colours_with_the_reason(inputs: tuple[GtSurface, GtSparse], tmp_path: Path) -> None:
+    surface, sparse = inputs
+    broken = tmp_path / "images"
+    shutil.copytree(sparse.images_dir, broken)
+    next(broken.glob("*.jpg")).write_bytes(b"not a jpeg")
+    res = texture.run(surface, GtSparse(sparse.sparse_dir, broken), tmp_path / "work", OPTIONS, no_progress, CancelToken())
+    assert not res.textured
+    assert "cannot read the working image" in (res.fallback_reason or "")
+    assert res.summary()["fallback_reason"] == res.fallback_reason
+
+
+def test_cancel_is_not_turned_into_a_fallback(inputs: tuple[GtSurface, GtSparse], tmp_path: Path) -> None:
+    surface, sparse = inputs
+    cancel = CancelToken()
+
+    def progress(fraction: float, message: str) -> None:
+        if fraction >= 0.1:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        texture.run(surface, sparse, tmp_path, OPTIONS, progress, cancel)
