@@ -205,7 +205,9 @@ def _coarse_sweep(
     best, offset, score = _winner(volume)
     step = float(inv_depths[1] - inv_depths[0]) if len(inv_depths) > 1 else 0.0
     inv = (inv_depths[best] + offset * step).astype(np.float32)
-    score[~zncc.textured] = -1.0
+    # A winner on the first or last plane means the surface is probably outside the range (sky,
+    # far background, something very close): no depth there.
+    score[~zncc.textured | (best == 0) | (best == len(inv_depths) - 1)] = -1.0
     return inv, score
 
 
@@ -282,12 +284,13 @@ def estimate_depth(
     coarse_sources = [s.downscaled() for s in sources]
     inv_depths = np.linspace(1.0 / depth_max, 1.0 / depth_min, settings.num_planes)
     coarse_radius = max(2, (settings.window_radius + 1) // 2)
-    inv, _ = _coarse_sweep(coarse_ref, coarse_sources, inv_depths, coarse_radius, cancel, lambda f: report(0.7 * f))
+    inv, coarse_score = _coarse_sweep(coarse_ref, coarse_sources, inv_depths, coarse_radius, cancel, lambda f: report(0.7 * f))
+    in_range = cv2.resize((coarse_score > -1.0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
     inv = cv2.medianBlur(inv, 5)  # removes isolated winner-take-all mistakes before upsampling
     inv = cv2.resize(inv, (w, h), interpolation=cv2.INTER_LINEAR)
     step = float(inv_depths[1] - inv_depths[0]) if len(inv_depths) > 1 else float(inv_depths[0]) * 0.05
     inv, score = _refine(ref, sources, inv, step, settings.window_radius, cancel, lambda f: report(0.7 + 0.3 * f))
-    valid = (score >= settings.min_ncc) & (inv > inv_depths[0] * 0.98) & (inv < inv_depths[-1] * 1.02)
+    valid = in_range & (score >= settings.min_ncc) & (inv > inv_depths[0]) & (inv < inv_depths[-1])
     depth = np.zeros((h, w), np.float32)
     depth[valid] = 1.0 / inv[valid]
     return depth, score

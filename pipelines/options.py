@@ -71,7 +71,7 @@ class MeshOptions:
     """Surface reconstruction from the fused points, cleaning and decimation."""
 
     poisson_depth: int = opt(9, "Octree depth of screened Poisson reconstruction (higher = finer, slower).", min=5, max=12)
-    density_trim_quantile: float = opt(0.05, "Drop the surface where Poisson's point density is in this lowest quantile.", min=0.0, max=0.5)
+    density_trim_quantile: float = opt(0.0, "Also drop the surface where Poisson's point density is in this lowest quantile (surface far from every point is always dropped).", min=0.0, max=0.5)
     max_faces: int = opt(200_000, "Face budget after decimation.", min=1000, max=5_000_000)
     min_component_fraction: float = opt(0.01, "Drop floating pieces whose area is below this fraction of the largest piece's.", min=0.0, max=1.0)
     background_depth_factor: float = opt(2.0, "Ignore points farther from every photo that sees them than this multiple of the median such distance (background); 0 keeps all.", min=0.0, max=100.0)

@@ -213,19 +213,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     printer = ProgressPrinter(sys.stderr, sys.stderr.isatty())
     outcome: dict[str, Any] = {}
 
+    done = threading.Event()
+
     def work() -> None:
         try:
             outcome["result"] = reconstruct(args.photos_dir, args.out, options, printer, cancel)
         except BaseException as exc:  # handed to the main thread, which maps it to an exit code
             outcome["error"] = exc
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="reconstruct", daemon=True)
     previous = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     worker.start()
     try:
-        while worker.is_alive():
+        # Wait on an Event, not Thread.join: a KeyboardInterrupt inside join() can leave the
+        # thread looking finished while it still runs.
+        while not done.is_set():
             try:
-                worker.join(0.2)
+                done.wait(0.2)
             except KeyboardInterrupt:
                 if cancel.cancelled:  # second Ctrl-C: stop now, whatever state the files are in
                     sys.stderr.write("\nrecon: aborted\n")

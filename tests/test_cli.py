@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -140,10 +139,8 @@ def test_run_summary_reads_report_json_and_marks_missing_numbers() -> None:
     assert "Time features" in table and "3.5 s" in table and "/tmp/out/model.glb" in table
 
 
-_PIPELINE_COMPLETE = all(importlib.util.find_spec(f"pipelines.{m}") is not None for m in ("texture", "export"))
 
 
-@pytest.mark.skipif(not _PIPELINE_COMPLETE, reason="needs every pipeline stage (texture, export)")
 def test_run_with_too_few_photos_exits_3(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -153,7 +150,6 @@ def test_run_with_too_few_photos_exits_3(tmp_path: Path) -> None:
     assert res.returncode == 3 and "invalid input" in res.stderr
 
 
-@pytest.mark.skipif(not _PIPELINE_COMPLETE, reason="needs every pipeline stage (texture, export)")
 def test_ctrl_c_during_a_run_stops_it_cleanly_with_exit_130(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "recon_service.cli", "run", str(PHOTOS), "--out", str(tmp_path / "out"), "--preset", "preview"],

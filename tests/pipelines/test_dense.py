@@ -151,7 +151,7 @@ def test_result_describes_the_run_and_progress_is_monotonic(balanced_run: DenseR
     assert not list(result.points_path.parent.glob("*.tmp*"))
     summary = result.summary()
     assert summary["num_points"] == result.num_points and summary["views_without_sources"] == []
-    assert 0 < summary["consistent_fraction"] < 1
+    assert 0 < summary["fused_fraction"] < 1
     assert all(len(v.sources) == 4 and v.fused_pixels > 0 for v in result.views)
     fractions = [f for f, _ in balanced_run.progress]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
