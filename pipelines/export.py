@@ -86,7 +86,7 @@ def run(textured: Textured, sparse: SparseModel, out_dir: Path, progress: StageP
 
     up, up_source = gravity_up(vertices, faces, views)
     rotation = _model_rotation(up, vertices, views)
-    turned = vertices @ rotation.T
+    turned = np.einsum("ij,kj->ik", vertices, rotation)  # einsum: no BLAS thread contention
     lo, hi = turned.min(axis=0), turned.max(axis=0)
     shift = -np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2])
     model_vertices = turned + shift
@@ -97,7 +97,9 @@ def run(textured: Textured, sparse: SparseModel, out_dir: Path, progress: StageP
     cancel.check()
 
     glb_path = out_dir / "model.glb"
-    model_normals = normals @ rotation.T
+    model_normals = np.einsum("ij,kj->ik", normals, rotation)
+    length = np.linalg.norm(model_normals, axis=1, keepdims=True)
+    model_normals = np.where(length > 1e-6, model_normals / np.maximum(length, 1e-6), [0.0, 1.0, 0.0])  # glTF wants unit normals
     _write_glb(glb_path, model_vertices, faces, model_normals, colours, uv, texture)
     _validate_glb(glb_path, len(faces), texture is not None)
     progress(0.7, "rendering preview")
@@ -182,8 +184,8 @@ def _subject_box(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     nothing rises clearly above the ground.
     """
     points = _sample_surface(vertices, faces, 20_000, np.random.default_rng(0))
-    height = points[:, 1].max()
-    above = points[points[:, 1] > 0.1 * height]
+    height = np.percentile(points[:, 1], 99)  # robust to a few spikes
+    above = points[points[:, 1] > 0.25 * height]  # clear of a wavy or noisy ground
     if len(above) < 100 or height <= 0:
         return None
     lo, hi = np.percentile(above, 1, axis=0), np.percentile(above, 99, axis=0)

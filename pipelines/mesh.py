@@ -1,18 +1,23 @@
 """Meshing (stage 5): a clean, decimated, vertex-coloured triangle mesh from the fused dense points.
 
-Screened Poisson (Open3D) needs normals that agree in sign, so each point's normal is first turned
-towards the cameras that can see it. The Poisson surface is closed and extrapolates, so it is then
-trimmed where few points support it (low density), cut to the region the cameras observe, rid of
-small floating pieces, decimated to the face budget and cleaned. All coordinates stay in the
-sparse model's frame and units.
+1. Region of interest: points that two photos observe, without the far background (points much
+   farther from every photo than the median), so Poisson's octree resolution goes to the subject.
+2. Points are merged to one per Poisson cell, and each normal is turned towards the photos that
+   see the point unoccluded (a coarse z-buffer of the points per photo): screened Poisson needs
+   normals that agree in sign.
+3. Screened Poisson (Open3D) runs in a child process that a cancel can kill at once.
+4. Its closed, extrapolating surface is trimmed where no point is near (``TRIM_DISTANCE_CELLS``;
+   optionally also by Poisson density), cut to what some photo has in view, rid of floating
+   pieces, decimated to the face budget (quadric, fast-simplification) and cleaned
+   (degenerate, duplicate, non-manifold); vertex colours come from the nearest points.
+
+All coordinates stay in the sparse model's frame and units.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,8 +26,9 @@ import numpy as np
 
 from pipelines.errors import ReconstructionFailed
 from pipelines.options import MeshOptions
+from pipelines.poisson import PoissonProcess
 from pipelines.progress import CancelToken, StageProgress
-from pipelines.views import View, load_views
+from pipelines.views import View, convergence, load_views
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +38,12 @@ MIN_FACES = 100
 """A mesh with fewer faces left after cleaning is reported as a failure, not exported."""
 POINTS_PER_CELL = 1.0
 """Points are merged on a grid of 1 / POINTS_PER_CELL Poisson cells: denser input only costs time."""
-TRIM_DISTANCE_CELLS = float(os.environ.get("MM_TRIM", "4.0"))
+POISSON_SECONDS_GUESS = 5.0
+"""Typical Poisson time (s) on 2 cores; only shapes the progress reported while it runs."""
+ROI_CAMERA_DISTANCE_FACTOR = 1.0
+"""When the photos surround something, points farther from the point they look at than this
+multiple of the cameras' median distance to it (per axis) are background."""
+TRIM_DISTANCE_CELLS = 8.0
 """Poisson surface farther than this many octree cells from every point is invented: trimmed.
 Gaps in the points up to about twice that are bridged."""
 ZBUFFER_CELL_POINTS = 3.0
@@ -104,10 +115,9 @@ def _run(points: DensePoints, sparse: SparseModel, work_dir: Path, options: Mesh
     views = load_views(Path(sparse.sparse_dir), "mesh")
     cancel.check()
 
-    lo, hi = _region_of_interest(xyz, views, options.background_depth_factor)
-    inside = np.all((xyz >= lo) & (xyz <= hi), axis=1)
+    inside = _region_of_interest(xyz, views, options.background_depth_factor)
     xyz, normals, colours = xyz[inside], normals[inside], colours[inside]
-    cell = 1.1 * float(np.max(hi - lo)) / 2**options.poisson_depth
+    cell = 1.1 * float(np.max(xyz.max(axis=0) - xyz.min(axis=0))) / 2**options.poisson_depth  # Poisson's finest cell
     xyz, normals, colours = _merge_on_grid(xyz, normals, colours, cell / POINTS_PER_CELL)
     progress(0.05, f"{len(xyz)} points in the region the photos observe")
     cancel.check()
@@ -119,11 +129,14 @@ def _run(points: DensePoints, sparse: SparseModel, work_dir: Path, options: Mesh
     progress(0.15, f"normals of {len(xyz)} points oriented; Poisson depth {options.poisson_depth}")
     cancel.check()
 
-    verts, faces, densities = poisson.reconstruct(xyz, normals, options.poisson_depth, cancel)
+    def waiting(seconds: float) -> None:  # no progress comes out of Poisson: creep towards 0.7
+        progress(0.15 + 0.55 * seconds / (seconds + POISSON_SECONDS_GUESS), f"Poisson surface ({seconds:.0f} s)")
+
+    verts, faces, densities = poisson.reconstruct(xyz, normals, options.poisson_depth, cancel, waiting)
     mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
     poisson_faces = len(faces)
     logger.info("Poisson depth %d: %d vertices, %d faces from %d points", options.poisson_depth, len(mesh.vertices), poisson_faces, len(xyz))
-    progress(0.55, f"Poisson surface with {poisson_faces} faces; trimming")
+    progress(0.7, f"Poisson surface with {poisson_faces} faces; trimming")
     cancel.check()
 
     drop = densities < np.quantile(densities, options.density_trim_quantile) if options.density_trim_quantile > 0 else np.zeros(len(verts), bool)
@@ -133,12 +146,12 @@ def _run(points: DensePoints, sparse: SparseModel, work_dir: Path, options: Mesh
     cancel.check()
 
     mesh, removed = _remove_small_components(mesh, options.min_component_fraction)
-    progress(0.65, f"{len(mesh.triangles)} faces after trimming; decimating to {options.max_faces}")
+    progress(0.78, f"{len(mesh.triangles)} faces after trimming; decimating to {options.max_faces}")
     cancel.check()
 
     if len(mesh.triangles) > options.max_faces:
         mesh = _decimate(mesh, options.max_faces)
-    progress(0.85, f"{len(mesh.triangles)} faces; cleaning")
+    progress(0.86, f"{len(mesh.triangles)} faces; cleaning")
     cancel.check()
 
     mesh.remove_degenerate_triangles()
@@ -146,6 +159,8 @@ def _run(points: DensePoints, sparse: SparseModel, work_dir: Path, options: Mesh
     mesh.remove_duplicated_vertices()
     mesh.remove_non_manifold_edges()
     mesh.remove_unreferenced_vertices()
+    mesh, removed_late = _remove_small_components(mesh, options.min_component_fraction)  # cleaning can cut pieces off
+    removed += removed_late
     if len(mesh.triangles) < MIN_FACES:
         raise ReconstructionFailed("mesh", f"the surface is empty after trimming ({len(mesh.triangles)} faces left); take more photos from all sides or lower mesh.density_trim_quantile")
     mesh.vertex_colors = o3d.utility.Vector3dVector(_transfer_colours(np.asarray(mesh.vertices), xyz, colours))
@@ -208,13 +223,15 @@ def _merge_on_grid(xyz: np.ndarray, normals: np.ndarray, colours: np.ndarray, vo
     return mean, normals[first], col
 
 
-def _region_of_interest(xyz: np.ndarray, views: list[View], depth_factor: float, sample: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
-    """Box (min, max corners) around the points the photos observe well, slightly enlarged.
+def _region_of_interest(xyz: np.ndarray, views: list[View], depth_factor: float, sample: int = 200_000) -> np.ndarray:
+    """Mask of the points in the region the photos observe well.
 
     A point counts when at least two views have it in their image and the nearest of those is
     within ``depth_factor`` times the median such distance: farther points are background seen
     at grazing angles, and would spread Poisson's resolution over empty space (0 keeps them).
-    Decided on a random sample; the box spans its 0.5..99.5 percentiles plus 2 %.
+    When the photos surround something, points farther than ``ROI_CAMERA_DISTANCE_FACTOR``
+    camera distances from the point they converge on are background too. The region is the box
+    spanning the 0.5..99.5 percentiles (plus 2 %) of a random sample of the points that count.
     """
     rng = np.random.default_rng(0)
     pts = xyz[rng.choice(len(xyz), sample, replace=False)] if len(xyz) > sample else xyz
@@ -230,9 +247,18 @@ def _region_of_interest(xyz: np.ndarray, views: list[View], depth_factor: float,
         raise ReconstructionFailed("mesh", "no dense point is seen by two photos; the dense cloud does not match the cameras, rerun the dense stage")
     if depth_factor > 0:
         keep &= nearest <= depth_factor * np.median(nearest[keep])
+    target = convergence(views)
+    near_target = np.ones(len(xyz), dtype=bool)
+    if target is not None:  # photos taken around something: keep the region they surround
+        centre, distance = target
+        reach2 = (ROI_CAMERA_DISTANCE_FACTOR * distance) ** 2
+        keep &= np.einsum("ij,ij->i", pts - centre, pts - centre) <= reach2
+        near_target = np.einsum("ij,ij->i", xyz - centre, xyz - centre) <= reach2
+    if keep.sum() < 3:
+        raise ReconstructionFailed("mesh", "the dense points lie away from where the photos look; rerun the dense stage")
     lo, hi = np.percentile(pts[keep], 0.5, axis=0), np.percentile(pts[keep], 99.5, axis=0)
     pad = 0.02 * (hi - lo)
-    return lo - pad, hi + pad
+    return near_target & np.all((xyz >= lo - pad) & (xyz <= hi + pad), axis=1)
 
 
 def _orient_towards_cameras(xyz: np.ndarray, normals: np.ndarray, views: list[View], spacing: float, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray]:
@@ -287,10 +313,11 @@ def _seen_by_any(points: np.ndarray, views: list[View]) -> np.ndarray:
 
 
 def _remove_small_components(mesh: Any, min_fraction: float) -> tuple[Any, int]:
-    """Drop connected pieces whose area is below ``min_fraction`` of the largest piece's area.
+    """Drop pieces (faces connected through shared edges) whose area is below ``min_fraction``
+    of the largest piece's area.
 
-    Pieces are vertex-connected components (scipy's graph search is much faster than Open3D's
-    ``cluster_connected_triangles`` on large meshes).
+    Uses scipy's graph search: much faster than Open3D's ``cluster_connected_triangles`` on
+    large meshes.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -299,19 +326,22 @@ def _remove_small_components(mesh: Any, min_fraction: float) -> tuple[Any, int]:
     if len(faces) == 0:
         return mesh, 0
     verts = np.asarray(mesh.vertices)
-    n = len(verts)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
-    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    n, f = len(verts), len(faces)
+    a = faces.reshape(-1).astype(np.int64)
+    b = faces[:, [1, 2, 0]].reshape(-1).astype(np.int64)
+    key = np.minimum(a, b) * n + np.maximum(a, b)
+    order = np.argsort(key, kind="stable")
+    same = np.flatnonzero(key[order][1:] == key[order][:-1])  # consecutive corners on one edge
+    src, dst = order[same] // 3, order[same + 1] // 3
+    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(f, f))
     count, label = connected_components(graph, directed=False)
     if count == 1:
         return mesh, 0
-    face_label = label[faces[:, 0]]
     area = 0.5 * np.linalg.norm(np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]]), axis=1)
-    piece_area = np.bincount(face_label, weights=area, minlength=count)
+    piece_area = np.bincount(label, weights=area, minlength=count)
     small = piece_area < min_fraction * piece_area.max()
-    small &= np.bincount(face_label, minlength=count) > 0  # isolated vertices are not pieces
     if small.any():
-        mesh.remove_triangles_by_mask(small[face_label])
+        mesh.remove_triangles_by_mask(small[label])
         mesh.remove_unreferenced_vertices()
     return mesh, int(small.sum())
 
@@ -338,75 +368,3 @@ def _transfer_colours(vertices: np.ndarray, xyz: np.ndarray, colours: np.ndarray
     dist, idx = cKDTree(xyz).query(vertices, k=k, workers=-1)
     w = 1.0 / np.maximum(dist, 1e-12)
     return np.clip(np.einsum("ij,ijk->ik", w, colours[idx]) / w.sum(axis=1, keepdims=True), 0.0, 1.0)
-
-
-class PoissonProcess:
-    """Screened Poisson in a child process, so that a cancel can stop it at once.
-
-    Open3D's Poisson holds the GIL for its whole run (seconds to minutes), so in-process it
-    could be neither interrupted nor watched. The child (``python -m pipelines.mesh``) is started
-    on entry and imports Open3D while the caller prepares the points; it exchanges arrays through
-    ``.npz`` files in ``work_dir`` and is killed on cancel or on exit.
-    """
-
-    def __init__(self, work_dir: Path) -> None:
-        self._work_dir = Path(work_dir)
-        self._log = open(self._work_dir / "poisson.log", "wb")  # noqa: SIM115 (closed in __exit__)
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.mesh", "--poisson-child"], stdin=subprocess.PIPE, stdout=self._log, stderr=subprocess.STDOUT, env=env
-        )
-
-    def __enter__(self) -> PoissonProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._log.close()
-
-    def reconstruct(self, xyz: np.ndarray, normals: np.ndarray, depth: int, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Vertices (V, 3), faces (F, 3) and per-vertex densities (V,) of the Poisson surface."""
-        job, out = self._work_dir / "poisson_in.npz", self._work_dir / "poisson_out.npz"
-        np.savez(job, xyz=xyz, normals=normals, depth=depth)
-        assert self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(f"{job}\n{out}\n".encode())
-            self._proc.stdin.close()
-        except BrokenPipeError:
-            pass  # the child died on start-up; reported below with its log
-        while self._proc.poll() is None:
-            if cancel.wait(0.1):
-                self._proc.kill()
-                self._proc.wait()
-                cancel.check()
-        if self._proc.returncode != 0 or not out.is_file():
-            self._log.flush()
-            tail = (self._work_dir / "poisson.log").read_bytes()[-800:].decode(errors="replace").strip()
-            raise ReconstructionFailed("mesh", f"Poisson reconstruction failed (exit code {self._proc.returncode}): {tail or 'no output'}; try a lower mesh.poisson_depth")
-        with np.load(out) as data:
-            result = data["vertices"], data["faces"], data["densities"]
-        job.unlink(missing_ok=True)
-        out.unlink(missing_ok=True)
-        return result
-
-
-def _poisson_child() -> None:
-    """Child side of :class:`PoissonProcess`: read the job paths from stdin, write the result."""
-    import open3d as o3d
-
-    job, out = (Path(line.strip()) for line in sys.stdin.read().splitlines()[:2])
-    with np.load(job) as data:
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(data["xyz"]))
-        pcd.normals = o3d.utility.Vector3dVector(data["normals"])
-        depth = int(data["depth"])
-    mesh, densities = o3d.geometry.TriangleMesh.create_from_point_cloud_poisson(pcd, depth=depth, scale=1.1, linear_fit=False)
-    tmp = out.with_name(out.stem + ".tmp.npz")
-    np.savez(tmp, vertices=np.asarray(mesh.vertices), faces=np.asarray(mesh.triangles).astype(np.int32), densities=np.asarray(densities))
-    os.replace(tmp, out)
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--poisson-child"]:
-    _poisson_child()

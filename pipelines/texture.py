@@ -6,7 +6,8 @@ ranks the photos that see it (in the image, not occluded by the mesh, facing the
 that score within ``BLEND_RATIO`` of the best. A texel's colour is the weighted mean of those
 photos' pixels at its projection (COLMAP's camera model, so lens distortion is honoured); the
 weights are interpolated from per-vertex values, so they change smoothly across face borders and
-seams between views fade instead of jumping. Texels no photo sees keep the mesh's vertex colours;
+seams between views fade instead of jumping. Per-photo RGB gains, fitted where two photos colour
+the same face, even out auto exposure and white balance. Texels no photo sees keep the mesh's vertex colours;
 empty atlas space is filled by push-pull so bilinear and mip-mapped lookups never fetch black.
 
 If baking is disabled or fails, the result keeps vertex colours and says why
@@ -26,20 +27,22 @@ import numpy as np
 from pipelines.errors import Cancelled, ReconstructionFailed
 from pipelines.options import TextureOptions
 from pipelines.progress import CancelToken, StageProgress
+from pipelines.texture_blend import IMAGE_MARGIN, exposure_gains, push_pull_fill, sample_photo
 from pipelines.uv_atlas import Atlas, build_atlas
 from pipelines.views import View, load_views
 
 logger = logging.getLogger(__name__)
 
-MAX_BLEND_VIEWS = 3
+MAX_BLEND_VIEWS = 2
+"""Photos blended per face (more hides exposure seams better, and costs baking time)."""
 BLEND_RATIO = 0.6
 """Views scoring below this fraction of a face's best view do not colour it."""
 MIN_VIEW_COSINE = 0.2
 """Views seeing a face at more than ~78 deg from its normal are not used."""
-IMAGE_MARGIN = 2.0
-"""Pixels at the image border (px) are not sampled (demosaicing and lens artefacts)."""
 PADDING_TEXELS = 2
+"""Free texels around each chart, filled by push-pull (bilinear and the first mip levels stay clean)."""
 TEXELS_PER_CHUNK = 1 << 21
+"""Texels rasterized and baked at a time (bounds memory; about a second of work on 2 cores)."""
 
 
 class Surface(Protocol):
@@ -74,6 +77,10 @@ class TextureResult:
     """Share of the surface area that at least one photo sees."""
     texel_size: float = 0.0
     """Surface length of one texel, model units."""
+    atlas_fill: float = 0.0
+    """Share of the atlas covered by chart rectangles (packing efficiency)."""
+    exposure_gains: tuple[float, ...] = ()
+    """Brightness factor applied to each photo (sorted by image name) to even out exposure."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -86,6 +93,8 @@ class TextureResult:
             "views_used": self.views_used,
             "seen_fraction": round(self.seen_fraction, 4),
             "texel_size": self.texel_size,
+            "atlas_fill": round(self.atlas_fill, 4),
+            "exposure_gain_range": [min(self.exposure_gains), max(self.exposure_gains)] if self.exposure_gains else None,
         }
 
 
@@ -135,24 +144,27 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
     candidates, weights = _rank_views(vertices, faces, views, scene, cancel)
     progress(0.25, "photos ranked per face")
     vertex_weight = _vertex_weights(faces, len(vertices), candidates, weights, len(views))
+    gains = exposure_gains(vertices, faces, candidates, views, images)
     cancel.check()
 
     flat = _atlas_raycaster(atlas)
-    atlas_rgb = np.zeros((size * size, 3), dtype=np.float32)
+    atlas_rgb = np.zeros((size * size, 3), dtype=np.uint8)
     known = np.zeros(size * size, dtype=bool)
     total = size * size
     for start in range(0, total, TEXELS_PER_CHUNK):
         cancel.check()
         texel, face, bary = _rasterize(flat, size, start, min(start + TEXELS_PER_CHUNK, total))
-        atlas_rgb[texel] = _bake_texels(face, bary, vertices, faces, colours, candidates, vertex_weight, views, images)
+        rgb = _bake_texels(face, bary, vertices, faces, colours, candidates, vertex_weight, views, images, gains)
+        atlas_rgb[texel] = np.clip(rgb * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
         known[texel] = True
         progress(0.3 + 0.6 * min(1.0, (start + TEXELS_PER_CHUNK) / total), "baking texture")
 
-    texture = _push_pull(atlas_rgb.reshape(size, size, 3), known.reshape(size, size))
+    texture = atlas_rgb.reshape(size, size, 3)
+    push_pull_fill(texture, known.reshape(size, size))
     progress(0.95, "writing texture")
 
-    texture_path = _write_png(work_dir / "texture.png", (np.clip(texture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-    seen = (candidates[:, 0] >= 0)
+    texture_path = _write_png(work_dir / "texture.png", texture)
+    seen = candidates[:, 0] >= 0
     area = _face_areas(vertices, faces)
     mesh_path = _write_npz(work_dir / "textured_mesh.npz", vertices[atlas.source], atlas.faces, _vertex_normals(vertices, faces)[atlas.source], colours[atlas.source], atlas.uv_gl())
     result = TextureResult(
@@ -167,6 +179,8 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
         views_used=int(len(np.unique(candidates[candidates >= 0]))),
         seen_fraction=float(area[seen].sum() / max(area.sum(), 1e-30)),
         texel_size=float(atlas.texel_size),
+        atlas_fill=float(atlas.fill),
+        exposure_gains=tuple(round(float(g), 4) for g in gains.mean(axis=1)),
     )
     logger.info("texture: %s", result.summary())
     progress(1.0, f"texture {size}x{size} baked from {result.views_used} photos")
@@ -183,31 +197,40 @@ def _bake_texels(
     vertex_weight: np.ndarray,
     views: list[View],
     images: list[np.ndarray],
+    gains: np.ndarray,
 ) -> np.ndarray:
-    """RGB (N, 3, 0..1) of texels given by face (N,) and barycentrics (N, 3): blended photos,
-    else the interpolated vertex colours."""
+    """RGB (N, 3, 0..1) of texels given by face (N,) and barycentrics (N, 3): blended photos
+    (each times its exposure ``gains`` (views, 3)), else the interpolated vertex colours."""
     corners = faces[face]
-    b = [bary[:, k : k + 1].astype(np.float64) for k in range(3)]
-    point = b[0] * vertices[corners[:, 0]] + b[1] * vertices[corners[:, 1]] + b[2] * vertices[corners[:, 2]]
-    acc = np.zeros((len(face), 3), dtype=np.float32)
-    weight = np.zeros(len(face), dtype=np.float32)
-    for slot in range(candidates.shape[1]):
-        cam = candidates[face, slot]
-        for vi in np.unique(cam[cam >= 0]):
-            sel = np.flatnonzero(cam == vi)
-            vw = vertex_weight[vi]
-            c = corners[sel]
-            w = bary[sel, 0] * vw[c[:, 0]] + bary[sel, 1] * vw[c[:, 1]] + bary[sel, 2] * vw[c[:, 2]]
-            rgb, ok = _sample(images[vi], views[vi], point[sel])
-            w *= ok
-            acc[sel] += rgb * w[:, None]
-            weight[sel] += w
-    out = acc / np.maximum(weight, 1e-12)[:, None]
-    none = weight <= 1e-6
+    # One (texel, view) pair per candidate view, grouped by view (a radix sort on small ints).
+    cand = candidates[face]
+    texel, slot = np.nonzero(cand >= 0)
+    view = cand[texel, slot].astype(np.int16)
+    order = np.argsort(view, kind="stable")
+    texel, view = texel[order], view[order]
+    bounds = np.searchsorted(view, np.arange(len(views) + 1))
+    point = bary[:, :1] * vertices[corners[:, 0]] + bary[:, 1:2] * vertices[corners[:, 1]] + bary[:, 2:] * vertices[corners[:, 2]]
+    num_vertices = vertex_weight.shape[1]
+    flat_weight = vertex_weight.reshape(-1)
+    weight = np.zeros(len(texel), dtype=np.float32)
+    rgb = np.zeros((len(texel), 3), dtype=np.float32)
+    for vi in range(len(views)):
+        lo, hi = bounds[vi], bounds[vi + 1]
+        if hi == lo:
+            continue
+        t = texel[lo:hi]
+        c = corners[t] + vi * num_vertices
+        b = bary[t]
+        rgb[lo:hi], ok = sample_photo(images[vi], views[vi], point[t])
+        rgb[lo:hi] *= gains[vi]
+        weight[lo:hi] = (b[:, 0] * flat_weight[c[:, 0]] + b[:, 1] * flat_weight[c[:, 1]] + b[:, 2] * flat_weight[c[:, 2]]) * ok
+    n = len(face)
+    total = np.bincount(texel, weight, minlength=n)
+    out = np.stack([np.bincount(texel, weight * rgb[:, k], minlength=n) for k in range(3)], axis=1) / np.maximum(total, 1e-12)[:, None]
+    none = total <= 1e-6
     if none.any():
-        c = corners[none]
-        out[none] = sum(bary[none, k : k + 1] * colours[c[:, k]] for k in range(3))
-    return out
+        out[none] = sum(bary[none, k : k + 1] * colours[corners[none, k]] for k in range(3))
+    return out.astype(np.float32)
 
 
 def _raycaster(vertices: np.ndarray, faces: np.ndarray) -> Any:
@@ -229,7 +252,10 @@ def _rank_views(vertices: np.ndarray, faces: np.ndarray, views: list[View], scen
     centroid = vertices[faces].mean(axis=1)
     normal = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-30)
-    score = np.zeros((len(faces), len(views)), dtype=np.float32)
+    # running top-K (K = MAX_BLEND_VIEWS) so memory stays O(faces), whatever the number of photos
+    top = np.zeros((len(faces), MAX_BLEND_VIEWS + 1), dtype=np.float32)
+    order = np.full((len(faces), MAX_BLEND_VIEWS + 1), -1, dtype=np.int64)
+    rows = np.arange(len(faces))[:, None]
     for vi, view in enumerate(views):
         cancel.check()
         uv, depth = view.project(centroid)
@@ -244,9 +270,11 @@ def _rank_views(vertices: np.ndarray, faces: np.ndarray, views: list[View], scen
         t_hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
         visible = t_hit >= dist * (1.0 - 1e-3) - 1e-6
         idx = idx[visible]
-        score[idx, vi] = cos[visible] ** 2 * view.focal_px / depth[idx]
-    order = np.argsort(-score, axis=1)[:, :MAX_BLEND_VIEWS]
-    top = np.take_along_axis(score, order, axis=1)
+        top[:, -1], order[:, -1] = 0.0, -1
+        top[idx, -1], order[idx, -1] = cos[visible] ** 2 * view.focal_px / depth[idx], vi
+        rank = np.argsort(-top, axis=1, kind="stable")
+        top, order = top[rows, rank], order[rows, rank]
+    top, order = top[:, :MAX_BLEND_VIEWS], order[:, :MAX_BLEND_VIEWS]
     best = np.maximum(top[:, :1], 1e-30)
     ratio = top / best
     keep = (top > 0) & (ratio >= BLEND_RATIO)
@@ -267,7 +295,7 @@ def _vertex_weights(faces: np.ndarray, num_vertices: int, candidates: np.ndarray
 
 
 def _read_image(path: Path, view: View) -> np.ndarray:
-    """RGB float32 0..1 image of a view; its size must match the camera's."""
+    """RGB uint8 image of a view (uint8 keeps 50 photos of 1600 px in ~300 MB); its size must match the camera's."""
     import cv2
 
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -275,24 +303,7 @@ def _read_image(path: Path, view: View) -> np.ndarray:
         raise ReconstructionFailed("texture", f"cannot read the working image {path}; rerun from the ingest stage")
     if bgr.shape[1] != view.width or bgr.shape[0] != view.height:
         raise ReconstructionFailed("texture", f"{path.name} is {bgr.shape[1]}x{bgr.shape[0]} but its camera is {view.width}x{view.height}; rerun from the ingest stage")
-    return bgr[:, :, ::-1].astype(np.float32) / 255.0
-
-
-def _sample(image: np.ndarray, view: View, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bilinear RGB (N, 3) of the image at the projections of world points (N, 3), and validity."""
-    import cv2
-
-    uv, depth = view.project(points)
-    ok = view.in_image(uv, IMAGE_MARGIN) & (depth > 0)
-    uv = np.where(ok[:, None], uv, 0.0) - 0.5  # COLMAP pixel centres are at +0.5
-    n = len(uv)
-    cols = 4096
-    rows = -(-n // cols)
-    mx = np.zeros(rows * cols, dtype=np.float32)
-    my = np.zeros(rows * cols, dtype=np.float32)
-    mx[:n], my[:n] = uv[:, 0], uv[:, 1]
-    out = cv2.remap(image, mx.reshape(rows, cols), my.reshape(rows, cols), interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return out.reshape(-1, 3)[:n], ok
+    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def _atlas_raycaster(atlas: Atlas) -> Any:
@@ -323,38 +334,19 @@ def _rasterize(scene: Any, size: int, start: int, stop: int) -> tuple[np.ndarray
     return index[ok], face[ok], bary
 
 
-def _push_pull(colour: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Fill unknown texels with a smooth extension of the known ones (pull: average down a
-    pyramid; push: fill each level's holes from the next coarser level)."""
-    import cv2
-
-    levels = [(colour * known[..., None], known.astype(np.float32))]
-    while min(levels[-1][1].shape) > 1:
-        c, w = levels[-1]
-        h2, w2 = (c.shape[0] + 1) // 2, (c.shape[1] + 1) // 2
-        cs = cv2.resize(c, (w2, h2), interpolation=cv2.INTER_AREA)
-        ws = cv2.resize(w, (w2, h2), interpolation=cv2.INTER_AREA)
-        levels.append((cs, ws))
-    filled = levels[-1][0] / np.maximum(levels[-1][1], 1e-12)[..., None]
-    for c, w in reversed(levels[1:-1]):
-        up = cv2.resize(filled, (c.shape[1], c.shape[0]), interpolation=cv2.INTER_LINEAR)
-        a = np.clip(w, 0.0, 1.0)[..., None]
-        filled = c / np.maximum(w, 1e-12)[..., None] * a + up * (1.0 - a)
-    up = cv2.resize(filled, (colour.shape[1], colour.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return np.where(known[..., None], colour, up)
-
-
 def _face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return 0.5 * np.linalg.norm(np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]), axis=1)
 
 
 def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals (unit), following the faces' winding."""
+    """Area-weighted vertex normals (unit, as glTF requires), following the faces' winding."""
     fn = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
     vn = np.zeros_like(vertices)
     for k in range(3):
         np.add.at(vn, faces[:, k], fn)
-    return (vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-30)).astype(np.float32)
+    length = np.linalg.norm(vn, axis=1, keepdims=True)
+    vn = np.where(length > 1e-30, vn / np.maximum(length, 1e-30), [0.0, 0.0, 1.0])  # only zero-area faces around: any unit vector
+    return vn.astype(np.float32)
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> Path:

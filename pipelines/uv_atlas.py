@@ -62,7 +62,7 @@ def build_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int
     normals = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-30)
     neighbours = face_neighbours(faces, len(vertices))
-    label = _smooth_labels(np.argmax(normals @ AXES.T, axis=1), normals, neighbours)
+    label = _smooth_labels(np.argmax(np.einsum("ij,kj->ik", normals, AXES), axis=1), normals, neighbours)
     chart, num_charts = _charts(label, neighbours)
 
     # Orthographic coordinates of every corner on its chart's plane, turned to principal axes.
@@ -121,7 +121,7 @@ def face_neighbours(faces: np.ndarray, num_vertices: int) -> np.ndarray:
 
 def _smooth_labels(label: np.ndarray, normals: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """Majority vote among a face and its neighbours, restricted to axes near the face's normal."""
-    cos = normals @ AXES.T  # (F, 6)
+    cos = np.einsum("ij,kj->ik", normals, AXES)  # (F, 6); einsum avoids BLAS thread contention
     rows = np.arange(len(label))
     for _ in range(SMOOTHING_ROUNDS):
         cand = np.concatenate([label[:, None], np.where(neighbours >= 0, label[np.maximum(neighbours, 0)], -1)], axis=1)

@@ -116,3 +116,26 @@ def observed_mask(points: np.ndarray, views: list[View], min_views: int = 1, mar
         uv, depth = view.project(points)
         count += view.in_image(uv, margin) & (depth > 0)
     return count >= min_views
+
+
+def convergence(views: list[View], min_spread: float = 0.1) -> tuple[np.ndarray, float] | None:
+    """Where the photos look: the point nearest to all optical axes (least squares) and the
+    median distance of the cameras from it (model units).
+
+    ``None`` when the photos do not look at a common region: optical axes nearly parallel (the
+    normal matrix's smallest eigenvalue below ``min_spread`` per view, e.g. a facade shot from
+    one side) or the point behind half of the cameras.
+    """
+    a = np.zeros((3, 3))
+    b = np.zeros(3)
+    for view in views:
+        p = np.eye(3) - np.outer(view.forward, view.forward)
+        a += p
+        b += p @ view.center
+    if len(views) < 2 or np.linalg.eigvalsh(a)[0] < min_spread * len(views):
+        return None
+    point = np.linalg.solve(a, b)
+    in_front = np.mean([(point - v.center) @ v.forward > 0 for v in views])
+    if in_front < 0.5:
+        return None
+    return point, float(np.median([np.linalg.norm(v.center - point) for v in views]))

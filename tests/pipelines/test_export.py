@@ -76,10 +76,12 @@ def test_glb_reloads_with_its_texture_and_every_face(exported: export.ExportResu
     assert len(mesh.faces) == textured.num_faces == exported.num_faces
     image = mesh.visual.material.baseColorTexture
     assert image.size == (TEXTURE.texture_size, TEXTURE.texture_size)
-    gltf, _ = _glb_parts(exported.glb_path)
+    gltf, binary = _glb_parts(exported.glb_path)
     assert gltf["images"][0]["mimeType"] == "image/jpeg"
     pbr = gltf["materials"][0]["pbrMetallicRoughness"]
     assert "baseColorTexture" in pbr and pbr.get("metallicFactor") == 0.0
+    normals = _accessor(gltf, binary, gltf["meshes"][0]["primitives"][0]["attributes"]["NORMAL"])
+    assert np.allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-3), "glTF requires unit normals"
     assert exported.glb_bytes == exported.glb_path.stat().st_size
     assert exported.summary()["textured"] is True
 

@@ -169,3 +169,18 @@ def test_cancel_during_poisson_stops_within_two_seconds(inputs: tuple[SimulatedP
     assert float(outcome["at"]) - cancelled_at < 2.0  # type: ignore[arg-type]
     assert not (tmp_path / "mesh" / "mesh.ply").exists()
     assert psutil.Process().children() == [], "the Poisson child outlived the cancel"
+
+
+def test_region_of_interest_keeps_the_subject_and_drops_the_far_background(scene: Path, inputs: tuple[SimulatedPoints, GtSparse]) -> None:
+    """Photos taken around the objects: the ground far beyond the cameras is background."""
+    import open3d as o3d
+
+    xyz = np.asarray(o3d.io.read_point_cloud(str(inputs[0].points_path)).points)
+    rng = np.random.default_rng(0)
+    angle, radius = rng.uniform(0, 2 * np.pi, 20_000), rng.uniform(2.6, 3.0, 20_000)
+    far_ground = np.stack([radius * np.cos(angle), radius * np.sin(angle), np.zeros_like(angle)], axis=1)
+    keep = mesh._region_of_interest(np.concatenate([xyz, far_ground]), load_views(inputs[1].sparse_dir, "test"), OPTIONS.background_depth_factor)
+    crop = groundtruth.load_crop(scene)
+    subject = crop.contains(xyz)
+    assert keep[: len(xyz)][subject].mean() > 0.999
+    assert keep[len(xyz) :].mean() < 0.01

@@ -70,14 +70,15 @@ def test_result_describes_a_textured_mesh(result: texture.TextureResult) -> None
     assert summary["textured"] is True and summary["charts"] == result.num_charts > 0
 
 
-def test_baked_colours_match_the_photos_at_surface_points(result: texture.TextureResult, scene: Path) -> None:
-    """Texture colour at a surface point == the photo's colour where the most frontal camera sees it."""
+def _error_against_photos(res: texture.TextureResult, scene: Path, rng: np.random.Generator) -> tuple[float, float]:
+    """Mean abs difference (0..1) between the texture at surface points inside the crop and the
+    photo where the most frontal camera sees each point; and the same against shuffled photo
+    colours (what a wrong texture would score)."""
     import open3d as o3d
 
-    mesh, image = _load(result)
+    mesh, image = _load(res)
     v, f, uv = mesh["vertices"], mesh["faces"], mesh["uv"]
     crop = groundtruth.load_crop(scene)
-    rng = np.random.default_rng(0)
     face, bary = _sample_faces(v, f, 20_000, rng)
     points = np.einsum("nk,nkj->nj", bary, v[f[face]])
     inside = crop.contains(points)
@@ -105,11 +106,32 @@ def test_baked_colours_match_the_photos_at_surface_points(result: texture.Textur
         best_cos[ok] = cos[ok]
     frontal = best_cos > 0.5
     assert frontal.mean() > 0.8
-    error = np.abs(baked[frontal] - photo[frontal]).mean()
-    shuffled = np.abs(baked[frontal] - rng.permutation(photo[frontal])).mean()
+    error = float(np.abs(baked[frontal] - photo[frontal]).mean())
+    return error, float(np.abs(baked[frontal] - rng.permutation(photo[frontal])).mean())
+
+
+def test_baked_colours_match_the_photos_at_surface_points(result: texture.TextureResult, scene: Path) -> None:
+    """Texture colour at a surface point == the photo's colour where the most frontal camera sees it."""
+    error, shuffled = _error_against_photos(result, scene, np.random.default_rng(0))
     print(f"mean abs error {error:.4f}, shuffled {shuffled:.4f}")
     assert error < 0.045, error
     assert shuffled > 4 * error  # the comparison can tell a right texture from a wrong one
+
+
+def test_a_darker_photo_is_brightened_to_match_the_others(inputs: tuple[GtSurface, GtSparse], scene: Path, tmp_path: Path) -> None:
+    """One photo taken with 35 % less exposure: its gain makes up for it and the texture stays true."""
+    surface, sparse = inputs
+    images = tmp_path / "images"
+    shutil.copytree(sparse.images_dir, images)
+    dark = sorted(images.glob("*.jpg"))[3]
+    pixels = cv2.imread(str(dark)).astype(np.float32) * 0.65
+    cv2.imwrite(str(dark), np.clip(pixels + 0.5, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    res = texture.run(surface, GtSparse(sparse.sparse_dir, images), tmp_path / "work", OPTIONS, no_progress, CancelToken())
+    gains = dict(zip(sorted(p.name for p in images.glob("*.jpg")), res.exposure_gains, strict=True))
+    assert abs(gains[dark.name] - 1 / 0.65) < 0.08, gains
+    assert all(abs(g - 1.0) < 0.03 for name, g in gains.items() if name != dark.name), gains
+    error, _ = _error_against_photos(res, scene, np.random.default_rng(0))
+    assert error < 0.045, error
 
 
 def test_atlas_charts_do_not_overlap(result: texture.TextureResult) -> None:
