@@ -222,10 +222,13 @@ def _ingest_one(
     """Check, decode, orient, downscale and write one photo; raise :class:`_Skip` with the reason."""
     from PIL import Image
 
-    if path.stat().st_size == 0:
-        raise _Skip("empty file (0 bytes)")
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    try:
+        if path.stat().st_size == 0:
+            raise _Skip("empty file (0 bytes)")
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:  # unreadable (permissions), vanished, or an I/O error: skip this photo alone
+        raise _Skip(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     if digest in digests:
         raise _Skip(f"exact duplicate of {digests[digest]}")
 

@@ -12,6 +12,7 @@ Each field carries ``metadata``: ``help`` (one line), and where it applies ``min
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -175,6 +176,8 @@ def _coerce(key: str, value: Any) -> Any:
                 raise InvalidOptions(key, f"must be a{'n integer' if typ is int else ' number'}, not {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidOptions(key, f"must be a{'n integer' if typ is int else ' number'}, not {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidOptions(key, f"must be a finite number, not {value!r}")
         if typ is int and isinstance(value, float):
             if not value.is_integer():
                 raise InvalidOptions(key, f"must be an integer, not {value!r}")

@@ -23,11 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from recon_service import __version__, jobs, routes
+from recon_service import __version__, jobs, logs, metrics, routes
 from recon_service.auth import BearerAuthMiddleware
 from recon_service.callbacks import CallbackDispatcher
 from recon_service.errors import ApiError
 from recon_service.openapi import contract_openapi
+from recon_service.retention import DiskUsage, RetentionSweeper
 from recon_service.settings import Settings
 from recon_service.workers import Executor, LocalProcessExecutor
 
@@ -50,12 +51,17 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
     if not settings.photos_root.is_dir():
         logger.warning("RECON_PHOTOS_ROOT=%s does not exist; every submission will be refused until it does", settings.photos_root)
     store = jobs.open_store(settings)
+    executor = executor or LocalProcessExecutor(settings, store)
+    service_metrics = metrics.ServiceMetrics(settings, store, executor)
+    disk = DiskUsage(settings)
     service = routes.Service(
         settings=settings,
         store=store,
-        executor=executor or LocalProcessExecutor(settings, store),
-        callbacks=CallbackDispatcher(settings, store) if settings.callback_url else None,
+        executor=executor,
+        callbacks=CallbackDispatcher(settings, store, service_metrics.callbacks) if settings.callback_url else None,
+        disk=disk,
     )
+    sweeper = RetentionSweeper(settings, store, disk) if settings.retention_s is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,9 +69,12 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
         requeued = store.recover(max_attempts=jobs.MAX_ATTEMPTS, give_up_message=jobs.GIVE_UP_MESSAGE)
         if requeued:
             logger.info("re-queued %d job(s) interrupted by the last shutdown: %s", len(requeued), ", ".join(requeued))
+        logs.set_stage_lookup(store.stage_of)
         service.executor.start()
         if service.callbacks is not None:
             service.callbacks.start()
+        if sweeper is not None:
+            sweeper.start()
         logger.info(
             "recon-service %s ready: pipeline=%s%s max_workers=%d data_dir=%s callbacks=%s",
             __version__, settings.pipeline, " (SIMULATED, not a real reconstruction)" if settings.simulated else "",
@@ -77,6 +86,9 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
             await asyncio.to_thread(service.executor.shutdown)
             if service.callbacks is not None:
                 await asyncio.to_thread(service.callbacks.stop)
+            if sweeper is not None:
+                await asyncio.to_thread(sweeper.stop)
+            logs.set_stage_lookup(None)
             os.close(lock)
             logger.info("recon-service stopped")
 
@@ -89,8 +101,9 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
         redoc_url=None,
     )
     app.state.service = service
+    app.state.metrics = service_metrics
     app.include_router(routes.router)
-    # GET /metrics belongs here too (app.include_router(metrics.router)); it is not written yet.
+    app.include_router(metrics.router)
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=settings.service_token.get_secret_value())  # outermost: first
@@ -110,6 +123,10 @@ def _lock_data_dir(data_dir: Path) -> int:
 
 
 # -- errors ----------------------------------------------------------------------------------
+MAX_ECHO_CHARS = 300
+"""Longest validation message returned; longer ones (quoting a huge value) are cut."""
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -128,6 +145,8 @@ def describe_validation_errors(errors: Any) -> str:
             parts.append("request body is required" if kind == "missing" else "request body must be a JSON object")
             continue
         message = "is required" if kind == "missing" else str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+        if len(message) > MAX_ECHO_CHARS:  # messages quote the value: never echo a megabyte back
+            message = message[:MAX_ECHO_CHARS] + f"... ({len(message)} characters)"
         name = field if where == "body" else f"{field} ({where} parameter)"
         parts.append(f"{name}: {message}")
     return "; ".join(parts) or "invalid request"

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
@@ -25,11 +25,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from recon_service.settings import Settings
 from recon_service.store import Callback, Store
 
+if TYPE_CHECKING:
+    from recon_service.metrics import CallbackCounters
+
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
 """How often the outbox is checked for callbacks queued by worker processes (seconds)."""
-HTTP_TIMEOUT_S = 10.0
 MAX_PARALLEL_POSTS = 16
 
 
@@ -49,11 +51,12 @@ def is_retryable_status(status: int) -> bool:
 class CallbackDispatcher:
     """Delivers the outbox of ``store`` to ``settings.callback_url`` until stopped."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, counters: CallbackCounters | None = None) -> None:
         if settings.callback_url is None or settings.callback_token is None:
             raise ValueError("CallbackDispatcher needs RECON_CALLBACK_URL and RECON_CALLBACK_TOKEN")
         self._settings = settings
         self._store = store
+        self._counters = counters
         self._base_url = settings.callback_url
         self._token = settings.callback_token.get_secret_value()
         self._thread = threading.Thread(target=self._run, name="callback-sender", daemon=True)
@@ -93,7 +96,7 @@ class CallbackDispatcher:
         tasks: dict[str, asyncio.Task[None]] = {}
         limits = asyncio.Semaphore(MAX_PARALLEL_POSTS)
         headers = {"Authorization": f"Bearer {self._token}"}
-        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, headers=headers) as client:
+        async with httpx.AsyncClient(timeout=self._settings.callback_timeout_s, headers=headers) as client:
             while not self._stop_event.is_set():
                 try:
                     pending = await asyncio.to_thread(self._store.jobs_with_pending_callbacks)
@@ -148,8 +151,12 @@ class CallbackDispatcher:
             else:
                 logger.error("job=%s callback %s #%d rejected permanently: %s", cb.job_id, cb.kind, cb.id, exc)
             await asyncio.to_thread(self._store.callback_finished, cb.id, delivered=False, error=str(exc))
+            if self._counters is not None:
+                self._counters.gave_up(cb.kind, rejected=not exc.retryable)
             return
         await asyncio.to_thread(self._store.callback_finished, cb.id, delivered=True)
+        if self._counters is not None:
+            self._counters.delivered(cb.kind)
         logger.debug("job=%s callback %s #%d delivered: %s", cb.job_id, cb.kind, cb.id, cb.body.get("status"))
 
     def retry_policy(self, cb: Callback) -> AsyncRetrying:
@@ -163,6 +170,8 @@ class CallbackDispatcher:
             error = state.outcome.exception() if state.outcome else None
             logger.warning("job=%s callback %s #%d failed (try %d), retrying: %s", cb.job_id, cb.kind, cb.id, state.attempt_number, error)
             await asyncio.to_thread(self._store.callback_tried, cb.id, str(error))
+            if self._counters is not None:
+                self._counters.retried(cb.kind)
 
         return AsyncRetrying(
             wait=wait_exponential_jitter(initial=s.callback_retry_initial_s, max=s.callback_retry_max_s, jitter=s.callback_retry_initial_s),

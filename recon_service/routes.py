@@ -14,9 +14,11 @@ from fastapi.responses import JSONResponse
 from recon_service import __version__
 from recon_service.callbacks import CallbackDispatcher
 from recon_service.errors import ApiError
+from recon_service.logs import job_log_path, read_tail
+from recon_service.retention import DiskUsage
 from recon_service.schemas import ContractStatus, ErrorBody, Health, JobAccepted, JobCreate, JobList, JobPublic, Ready
 from recon_service.settings import Settings
-from recon_service.store import CancelOutcome, JobRecord, Store
+from recon_service.store import CancelOutcome, JobRecord, JobState, Store
 from recon_service.submission import canonical_request, validate_submission
 from recon_service.workers import Executor
 
@@ -29,6 +31,7 @@ class Service:
     store: Store
     executor: Executor
     callbacks: CallbackDispatcher | None
+    disk: DiskUsage | None = None
 
 
 def get_service(request: Request) -> Service:
@@ -83,8 +86,11 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses={**AUTH_ERRORS, 404: _E})
 def get_job(job_id: str, service: ServiceDep) -> JobPublic:
-    """Status, progress, message and model URI of a job (for polling)."""
-    return JobPublic.from_record(_find(service.store, job_id))
+    """Status, progress, message and model URI of a job (for polling), with its disk use and, if it failed, its last log lines."""
+    record = _find(service.store, job_id)
+    log_tail = read_tail(job_log_path(service.settings.data_dir, record.job_id)) if record.state is JobState.FAILED else None
+    disk_bytes = service.disk.of(record.job_id, record.updated_at) if service.disk is not None else None
+    return JobPublic.from_record(record).model_copy(update={"disk_bytes": disk_bytes, "log_tail": log_tail})
 
 
 @router.post(

@@ -113,6 +113,12 @@ class JobPublic(BaseModel):
     attempts: int = Field(description="How many times a worker started this job (service restarts re-run it).")
     options: dict[str, Any] = Field(description="The resolved options the job runs with (preset plus every key).")
     simulated: bool = Field(description="True when the job ran through the simulate pipeline, not a real reconstruction.")
+    disk_bytes: int | None = Field(
+        None, description="Bytes on disk under the job's output folder now (GET /jobs/{job_id} only; null in lists)."
+    )
+    log_tail: list[str] | None = Field(
+        None, description="A failed job's last log lines (worker and service), oldest first, to explain its message; null otherwise."
+    )
 
     @classmethod
     def from_record(cls, rec: JobRecord) -> JobPublic:

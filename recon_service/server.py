@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from recon_service.auth import ensure_token
-from recon_service.logs import configure_logging
+from recon_service.logs import JOB_LOG_DIR, configure_logging
 from recon_service.settings import SettingsError, load_settings
 
 
@@ -16,7 +16,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"recon-service: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, job_log_dir=settings.data_dir / JOB_LOG_DIR)
     settings, generated = ensure_token(settings)
     if generated is not None:
         print(
@@ -38,6 +38,7 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's lines go through configure_logging's handlers (JSON) too
         timeout_graceful_shutdown=10,
     )
     return 0

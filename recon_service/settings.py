@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body (bytes); larger ones get 413.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of the service and its workers.")
+    log_format: Literal["json", "text"] = Field("json", description="stderr log lines: one JSON object per line (with job_id and stage), or text for people.")
+    callback_timeout_s: float = Field(10.0, gt=0, le=600, description="Seconds the backend gets to answer one callback before it counts as failed and is retried.")
+    max_photos: int = Field(1000, ge=3, description="Most photos one job may have, whatever its options say (caps option ingest.max_photos).")
+    max_pixels: int = Field(
+        200_000_000, ge=1_000_000, description="Largest decoded size of one photo in pixels, whatever a job's options say (caps option ingest.max_pixels)."
+    )
+    retention_s: float | None = Field(
+        None, gt=0, description="Finished jobs' working files (<job_id>/work/) are removed this many seconds after they finished; unset: kept."
+    )
+    worker_priority: Literal["idle", "low", "normal"] = Field(
+        "idle",
+        description="CPU priority of pipeline workers: idle (SCHED_IDLE: only CPU time the API does not want), low (nice 10) or normal.",
+    )
+    retention_models: bool = Field(False, description="With RECON_RETENTION_S: remove finished jobs' whole output folder (model.glb too), not only work/.")
 
     @field_validator("model_output_root", "photos_root", "data_dir")
     @classmethod

@@ -25,7 +25,7 @@ from typing import Any
 
 from recon_service.schemas import ContractStatus, callback_body
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: stage_runs (a new table, created in place on older databases)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq                 INTEGER PRIMARY KEY AUTOINCREMENT,   -- FIFO order
@@ -68,6 +68,18 @@ CREATE TABLE IF NOT EXISTS callbacks (
     updated_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS callbacks_by_state ON callbacks (state, job_id, id);
+CREATE TABLE IF NOT EXISTS stage_runs (                  -- one row per pipeline stage of each attempt
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id      TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    stage       TEXT NOT NULL,
+    started_at  REAL NOT NULL,      -- Unix seconds (service clock), when the worker reported the stage
+    ended_at    REAL,               -- when the next stage began or the attempt ended; NULL while it runs
+    outcome     TEXT CHECK (outcome IN ('done', 'failed', 'cancelled', 'interrupted')),
+    closed_seq  INTEGER             -- order in which rows were closed (readers consume them incrementally)
+);
+CREATE INDEX IF NOT EXISTS stage_runs_open ON stage_runs (job_id) WHERE ended_at IS NULL;
+CREATE INDEX IF NOT EXISTS stage_runs_closed ON stage_runs (closed_seq);
 """
 
 
@@ -261,11 +273,30 @@ class Store:
         if kind and self.callbacks:
             new = replace(new, last_progress_cb_at=now)
             self._enqueue(conn, new, kind, now)
+        self._track_stage(conn, job, new, now)
         cols = [c for c in _JOB_COLUMNS if getattr(new, c) != getattr(job, c)]
         if cols:
             values = [_encode(c, getattr(new, c)) for c in cols]
             conn.execute(f"UPDATE jobs SET {', '.join(f'{c}=?' for c in cols)} WHERE seq=?", (*values, job.seq))
         return new
+
+    def _track_stage(self, conn: sqlite3.Connection, job: JobRecord, new: JobRecord, now: float) -> None:
+        """Keep ``stage_runs`` in step: a stage ends when the next begins or the attempt ends."""
+        if job.state is JobState.RUNNING and new.state is not JobState.RUNNING:
+            outcome = {JobState.COMPLETED: "done", JobState.QUEUED: "interrupted"}.get(new.state, "cancelled" if new.cancelled else "failed")
+            self._close_stage(conn, job.job_id, now, outcome)
+        elif new.state is JobState.RUNNING and new.stage is not None and new.stage != job.stage:
+            self._close_stage(conn, job.job_id, now, "done")
+            conn.execute(
+                "INSERT INTO stage_runs (job_id, attempt, stage, started_at) VALUES (?, ?, ?, ?)", (job.job_id, new.attempts, new.stage, now)
+            )
+
+    def _close_stage(self, conn: sqlite3.Connection, job_id: str, now: float, outcome: str) -> None:
+        conn.execute(
+            "UPDATE stage_runs SET ended_at=?, outcome=?, closed_seq=(SELECT COALESCE(MAX(closed_seq), 0) + 1 FROM stage_runs)"
+            " WHERE job_id=? AND ended_at IS NULL",
+            (now, outcome, job_id),
+        )
 
     def _enqueue(self, conn: sqlite3.Connection, job: JobRecord, kind: str, now: float) -> None:
         if kind == "progress":  # an undelivered progress report is superseded by a newer one
@@ -324,6 +355,28 @@ class Store:
         rows = self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         return {s.value: 0 for s in JobState} | {r[0]: r[1] for r in rows}
 
+    def count_by_status(self) -> dict[str, int]:
+        """Jobs per contract status (every status present, zeros included)."""
+        rows = self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
+        return {s.value: 0 for s in ContractStatus} | {r[0]: r[1] for r in rows}
+
+    def stage_of(self, job_id: str) -> str | None:
+        row = self._conn().execute("SELECT stage FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def closed_stage_runs(self, after_seq: int, limit: int = 10_000) -> list[tuple[int, str, str, float]]:
+        """Stage runs closed after ``after_seq``: ``(closed_seq, stage, outcome, seconds)``, in closing order."""
+        rows = self._conn().execute(
+            "SELECT closed_seq, stage, outcome, ended_at - started_at FROM stage_runs WHERE closed_seq > ? ORDER BY closed_seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [(r[0], r[1], r[2], max(0.0, r[3])) for r in rows]
+
+    def stage_runs_of(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's stage runs, oldest first (for reports and tests)."""
+        rows = self._conn().execute("SELECT * FROM stage_runs WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
+        return [dict(r) for r in rows]
+
     # -- execution -----------------------------------------------------------------------------
     def claim_next(self) -> JobRecord | None:
         """Oldest queued job → running, attempt counted; ``None`` when nothing waits."""
@@ -334,8 +387,8 @@ class Store:
             if row is None:
                 return None
             job = JobRecord.from_row(row)
-            return self._save(
-                conn, job, state=JobState.RUNNING, attempts=job.attempts + 1, started_at=time.time(), eta_seconds=None
+            return self._save(  # stage: none yet in this attempt (its first progress report sets it)
+                conn, job, state=JobState.RUNNING, attempts=job.attempts + 1, started_at=time.time(), eta_seconds=None, stage=None
             )
 
     def record_progress(

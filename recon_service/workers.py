@@ -136,13 +136,10 @@ class LocalProcessExecutor:
                 # nobody sees a failed job with partial output).
                 jobs.remove_output(self._settings.job_output_dir(w.job_id))
                 reason = job.cancel_reason if job.cancel_requested else None
-                if reason is not None:
-                    message = jobs.stopped_message(reason, self._settings)
-                    self._store.fail(w.job_id, w.attempt, message=message, cancelled=reason != "timeout")
-                else:
-                    message = jobs.message_for_exit(exitcode)
-                    self._store.fail(w.job_id, w.attempt, message=message)
+                message = jobs.stopped_message(reason, self._settings) if reason is not None else jobs.message_for_exit(exitcode)
+                # Logged before the job fails, so the job's log tail explains the failure as soon as anyone sees it.
                 logger.warning("job=%s worker pid=%s ended with exit code %s: %s", w.job_id, w.process.pid, exitcode, message)
+                self._store.fail(w.job_id, w.attempt, message=message, cancelled=reason is not None and reason != "timeout")
             else:
                 logger.info("job=%s worker pid=%s finished (exit code %s)", w.job_id, w.process.pid, exitcode)
             w.process.close()

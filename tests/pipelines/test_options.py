@@ -34,6 +34,8 @@ def test_overrides_are_coerced_from_command_line_strings() -> None:
         ({"dense.max_image_size": True}, "dense.max_image_size", "integer"),
         ({"sfm.mapper": "magic"}, "sfm.mapper", "one of"),
         ({"texture.enabled": "maybe"}, "texture.enabled", "true or false"),
+        ({"dense.min_ncc": float("nan")}, "dense.min_ncc", "finite"),
+        ({"dense.min_ncc": "inf"}, "dense.min_ncc", "finite"),
     ],
 )
 def test_bad_overrides_name_the_key_and_the_problem(overrides: dict, key: str, fragment: str) -> None:

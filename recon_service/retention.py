@@ -1,0 +1,172 @@
+"""Disk use per job, and the retention policy that frees it.
+
+A job's files live in ``MODEL_OUTPUT_ROOT/<job_id>/``: the artifacts (``model.glb``, ``sparse/``,
+``points.ply``, ``preview.png``, ``report.json``) and the real pipeline's working files in
+``work/`` (resized photos, COLMAP database, depth maps, meshes), which are usually most of it.
+With ``RECON_RETENTION_S`` set, :class:`RetentionSweeper` removes ``work/`` of every finished job
+that many seconds after it finished, or the whole folder with ``RECON_RETENTION_MODELS=true``
+(the backend copies the model when it is told the job completed). Job records stay in the store;
+a swept job keeps its ``model_uri``, and its ``disk_bytes`` says what is left.
+
+Only folders named like a job id whose job is final (completed or failed) are touched; anything
+else under MODEL_OUTPUT_ROOT is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from recon_service.settings import Settings
+from recon_service.store import JobState, Store
+
+logger = logging.getLogger(__name__)
+
+WORK_DIR = "work"
+"""The real pipeline's working folder inside a job's output folder (``pipelines.run``)."""
+DISK_CACHE_S = 2.0
+"""How long a measured ``disk_bytes`` is reused (walking a real job's folder takes milliseconds)."""
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes allocated on disk under ``path`` (like ``du``; symlinks are not followed; 0 if absent)."""
+    total = 0
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return 0
+    total += st.st_blocks * 512
+    if not stat.S_ISDIR(st.st_mode):
+        return total
+    stack = [path]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # removed while we walked, or not ours to read
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            total += st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(Path(entry.path))
+    return total
+
+
+class DiskUsage:
+    """``disk_bytes`` of each job's output folder, measured again when the job changed or after :data:`DISK_CACHE_S` s."""
+
+    def __init__(self, settings: Settings, cache_s: float = DISK_CACHE_S) -> None:
+        self._settings = settings
+        self._cache_s = cache_s
+        self._cache: dict[str, tuple[float, float, int]] = {}  # job_id -> (measured at, job version, bytes)
+        self._lock = threading.Lock()
+
+    def of(self, job_id: str, version: float) -> int:
+        """Bytes under the job's folder; ``version`` (the record's ``updated_at``) invalidates the cached value."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(job_id)
+        if hit is not None and hit[1] == version and now - hit[0] < self._cache_s:
+            return hit[2]
+        size = disk_bytes(self._settings.job_output_dir(job_id))
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._cache_s}
+            self._cache[job_id] = (now, version, size)
+        return size
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._cache.pop(job_id, None)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What one sweep removed for one job."""
+
+    job_id: str
+    path: Path
+    bytes: int
+    age_s: float
+    """Seconds since the job finished."""
+
+
+class RetentionSweeper:
+    """Removes finished jobs' working files (or whole folders) ``RECON_RETENTION_S`` after they finished."""
+
+    def __init__(self, settings: Settings, store: Store, disk: DiskUsage | None = None) -> None:
+        if settings.retention_s is None:
+            raise ValueError("RetentionSweeper needs RECON_RETENTION_S")
+        self._settings = settings
+        self._store = store
+        self._disk = disk
+        self._retention_s = settings.retention_s
+        self.interval_s = min(60.0, max(0.5, self._retention_s / 4))
+        """Seconds between sweeps: a file outlives its retention by at most this much."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="retention-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.sweep()
+            except Exception:  # a full or unreadable disk must not stop later sweeps
+                logger.exception("retention sweep failed")
+
+    def sweep(self, now: float | None = None) -> list[Removal]:
+        """One pass over MODEL_OUTPUT_ROOT; returns what was removed."""
+        now = time.time() if now is None else now
+        removed: list[Removal] = []
+        try:
+            entries = list(os.scandir(self._settings.model_output_root))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False) or not _is_job_id(entry.name):
+                continue
+            target = Path(entry.path) if self._settings.retention_models else Path(entry.path) / WORK_DIR
+            if not target.exists():
+                continue
+            job = self._store.get(entry.name)
+            if job is None or job.state not in (JobState.COMPLETED, JobState.FAILED) or job.finished_at is None:
+                continue
+            age = now - job.finished_at
+            if age < self._retention_s:
+                continue
+            size = disk_bytes(target)
+            shutil.rmtree(target, ignore_errors=True)
+            if self._disk is not None:
+                self._disk.forget(job.job_id)
+            removed.append(Removal(job.job_id, target, size, age))
+            logger.info("job=%s retention: removed %s (%d bytes), %.0f s after the job finished (RECON_RETENTION_S=%g)",
+                        job.job_id, target, size, age, self._retention_s)  # fmt: skip
+        return removed
+
+
+def _is_job_id(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False

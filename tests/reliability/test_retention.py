@@ -1,0 +1,101 @@
+"""Retention: RECON_RETENTION_S removes finished jobs' working files (and with RECON_RETENTION_MODELS their models); disk use per job."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from recon_service.retention import WORK_DIR, RetentionSweeper, disk_bytes
+from recon_service.settings import Settings
+from recon_service.store import NewJob, Store
+from tests.reliability import hostile
+from tests.reliability.conftest import Observe, log_entries
+from tests.service.harness import ServiceProcess, wait_until
+
+
+def fill(folder: Path, megabytes: int) -> Path:
+    """Stand-in for the real pipeline's work/ (resized photos, COLMAP database, depth maps): incompressible bytes."""
+    (folder / "depth").mkdir(parents=True, exist_ok=True)
+    for i in range(megabytes):
+        (folder / "depth" / f"view_{i}.npy").write_bytes(os.urandom(1 << 20))
+    return folder
+
+
+def test_retention_removes_finished_jobs_working_files_and_disk_bytes_follows(
+    start_service: Callable[..., ServiceProcess], observe: Observe
+) -> None:
+    """RECON_RETENTION_S=2: a completed job's work/ (2 MB) goes about 2 s after it finished; a running job's stays; model.glb stays."""
+    import trimesh
+
+    service = start_service(env={"RECON_RETENTION_S": "2", "RECON_MAX_WORKERS": "2"})
+    folder = hostile.valid_photos(service.photos_root / "a", 3)
+    finished = service.submit(folder, simulate={"stage_seconds": 0.15})
+    running = service.submit(hostile.valid_photos(service.photos_root / "b", 3), simulate={"stage_seconds": 0.02, "stall": True})
+    wait_until(lambda: service.job(finished)["stage"] == "matching", 20, "the first job to be running")
+    wait_until(lambda: service.job(running)["stage"] == "dense", 20, "the second job to stall")
+    fill(service.models / finished / WORK_DIR, 2)
+    fill(service.models / running / WORK_DIR, 1)
+
+    job = service.wait_job(finished)
+    before = job["disk_bytes"]
+    assert job["status"] == "completed" and before >= 2 << 20, job
+    wait_until(lambda: not (service.models / finished / WORK_DIR).exists(), 10, "retention to remove the finished job's work/")
+    swept_after = time.time() - job_finished_at(service, finished)
+    after = service.job(finished)["disk_bytes"]
+    assert 0 < after < before - (2 << 20) + (64 << 10), (before, after)
+    assert len(trimesh.load(service.models / finished / "model.glb", force="scene").geometry) > 0
+    assert (service.models / running / WORK_DIR).exists(), "retention touched a running job"
+    assert any(e.get("job_id") == finished and "retention: removed" in e["msg"] for e in log_entries(service))
+    assert 2.0 <= swept_after <= 8.0, swept_after
+    service.client.post(f"/jobs/{running}/cancel")
+    observe("disk_bytes", {"before": before, "after": after})
+    observe("work/ removed", f"{swept_after:.1f} s after the job finished (RECON_RETENTION_S=2)")
+
+
+def job_finished_at(service: ServiceProcess, job_id: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(service.job(job_id)["updated_at"]).timestamp()
+
+
+def test_retention_of_models_removes_whole_folders_of_finished_jobs_only(tmp_path: Path) -> None:
+    """RECON_RETENTION_MODELS=true, one sweep: folders of a completed and a failed job go; running, queued,
+    unknown and non-job folders stay; nothing goes before its time; without the flag only work/ goes."""
+    def settings(models: bool) -> Settings:
+        return Settings(service_token="t", data_dir=tmp_path / "data", model_output_root=tmp_path / "models",  # type: ignore[call-arg]
+                        photos_root=tmp_path, retention_s=60, retention_models=models)  # fmt: skip
+
+    store = Store(tmp_path / "data" / "jobs.sqlite3", callbacks=False)
+    ids = {}
+    for name in ("completed", "failed", "running", "queued"):
+        ids[name] = str(uuid.uuid4())
+        store.create_job(NewJob(ids[name], {}, name, 3, str(tmp_path), None, {"preset": "preview"}, None))
+    for name in ("completed", "failed", "running"):
+        claimed = store.claim_next()
+        assert claimed is not None and claimed.job_id == ids[name]
+    store.complete(ids["completed"], 1, model_path=str(tmp_path / "models" / ids["completed"] / "model.glb"), artifacts={}, message="ok")
+    store.fail(ids["failed"], 1, message="no")
+    folders = {name: fill(tmp_path / "models" / job_id / WORK_DIR, 1).parent for name, job_id in ids.items()}
+    folders["unknown job"] = fill(tmp_path / "models" / str(uuid.uuid4()) / WORK_DIR, 1).parent
+    folders["not a job"] = fill(tmp_path / "models" / "lost+found" / WORK_DIR, 1).parent
+    for folder in folders.values():
+        (folder / "model.glb").write_bytes(b"glTF")
+
+    assert RetentionSweeper(settings(True), store).sweep(now=time.time() + 30) == [], "removed before RECON_RETENTION_S"
+    removed = RetentionSweeper(settings(True), store).sweep(now=time.time() + 61)
+    assert sorted(r.job_id for r in removed) == sorted([ids["completed"], ids["failed"]])
+    assert all(r.bytes >= 1 << 20 for r in removed)
+    gone = {name for name, folder in folders.items() if not folder.exists()}
+    assert gone == {"completed", "failed"}, gone
+
+    store.create_job(NewJob(other := str(uuid.uuid4()), {}, "x", 3, str(tmp_path), None, {"preset": "preview"}, None))
+    store.claim_next(), store.claim_next()  # the queued job, then this one
+    store.complete(other, 1, model_path="m", artifacts={}, message="ok")
+    kept = fill(tmp_path / "models" / other / WORK_DIR, 1).parent
+    (kept / "model.glb").write_bytes(b"glTF")
+    (removal,) = RetentionSweeper(settings(False), store).sweep(now=time.time() + 61)
+    assert removal.path == kept / WORK_DIR and (kept / "model.glb").exists() and not (kept / WORK_DIR).exists()
+    assert disk_bytes(kept) < 64 << 10
