@@ -103,14 +103,19 @@ STAGE_OPTION_GROUPS: tuple[str, ...] = ("ingest", "sfm", "dense", "mesh", "textu
 PRESETS: dict[str, dict[str, Any]] = {
     # Fast look at the result: small images, coarse mesh, small texture.
     "preview": {
+        # Not below 1000 px: smaller images make SIFT upsample them, which costs more than it saves.
         "ingest.max_image_size": 1024,
-        "sfm.max_features": 4096,
+        "sfm.max_features": 2048,
+        # Beyond 12 photos, match capture-order neighbours (file names in shooting order, as phones
+        # name them) instead of every pair: 2.6x cheaper matching on the 24-photo fixture.
+        "sfm.exhaustive_max_photos": 12,
+        "sfm.sequential_overlap": 5,
         "dense.max_image_size": 400,
         "dense.num_source_views": 3,
         "dense.num_planes": 32,  # same accuracy as 48 at this size on the fixtures; ~5x less CPU than balanced overall
-        "mesh.poisson_depth": 8,
+        "mesh.poisson_depth": 7,
         "mesh.max_faces": 50_000,
-        "texture.texture_size": 2048,
+        "texture.texture_size": 1024,
     },
     # The default: what the product shows on a phone.
     "balanced": {},

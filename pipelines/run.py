@@ -31,14 +31,16 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "processing", 0.03),
-    Stage("features", "processing", 0.07),
-    Stage("matching", "processing", 0.08),
-    Stage("sparse", "processing", 0.12),
-    Stage("dense", "processing", 0.40),
-    Stage("mesh", "meshing", 0.12),
-    Stage("texture", "texturing", 0.15),
-    Stage("export", "texturing", 0.03),
+    # Shares of wall time measured on the 24-photo 1024x768 fixture, balanced preset, 2 CPU cores
+    # (bench/results.md, 2026-11-25): overall progress is then close to linear in time.
+    Stage("ingest", "processing", 0.01),
+    Stage("features", "processing", 0.08),
+    Stage("matching", "processing", 0.13),
+    Stage("sparse", "processing", 0.05),
+    Stage("dense", "processing", 0.24),
+    Stage("mesh", "meshing", 0.25),
+    Stage("texture", "texturing", 0.22),
+    Stage("export", "texturing", 0.02),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 PHASE_OF_STAGE: dict[str, str] = {s.name: s.phase for s in STAGES}
