@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from pipelines.options import option_keys
+from pipelines.options import PRESETS, option_keys
 from tests.conftest import write_photos
 from tests.service.harness import TOKEN, ServiceProcess
 
@@ -198,7 +198,7 @@ def test_options_are_resolved_from_preset_and_overrides(shared: ServiceProcess) 
     job_id = shared.submit(photos(shared), options={"preset": "preview", "dense.max_image_size": 640})
     options = shared.job(job_id)["options"]
     assert options["preset"] == "preview" and options["dense.max_image_size"] == 640
-    assert options["mesh.poisson_depth"] == 8  # from the preview preset
+    assert options["mesh.poisson_depth"] == PRESETS["preview"]["mesh.poisson_depth"] != PRESETS["high"]["mesh.poisson_depth"]
     assert set(options) == {"preset", *option_keys()}
 
 
