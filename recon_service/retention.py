@@ -5,7 +5,8 @@ A job's files live in ``MODEL_OUTPUT_ROOT/<job_id>/``: the artifacts (``model.gl
 ``work/`` (resized photos, COLMAP database, depth maps, meshes), which are usually most of it.
 With ``RECON_RETENTION_S`` set, :class:`RetentionSweeper` removes ``work/`` of every finished job
 that many seconds after it finished, or the whole folder with ``RECON_RETENTION_MODELS=true``
-(the backend copies the model when it is told the job completed). Job records stay in the store;
+(the backend copies the model when it is told the job completed), and the settled (delivered or
+given-up) callbacks of those jobs leave the outbox. Job records stay in the store;
 a swept job keeps its ``model_uri``, and its ``disk_bytes`` says what is left.
 
 Only folders named like a job id whose job is final (completed or failed) are touched; anything
@@ -138,6 +139,9 @@ class RetentionSweeper:
     def sweep(self, now: float | None = None) -> list[Removal]:
         """One pass over MODEL_OUTPUT_ROOT; returns what was removed."""
         now = time.time() if now is None else now
+        pruned = self._store.prune_callbacks(finished_before=now - self._retention_s)
+        if pruned:
+            logger.info("retention: removed %d settled callbacks of jobs that finished over %g s ago", pruned, self._retention_s)
         removed: list[Removal] = []
         try:
             entries = list(os.scandir(self._settings.model_output_root))

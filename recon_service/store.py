@@ -505,6 +505,20 @@ class Store:
         rows = self._conn().execute("SELECT * FROM callbacks WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
         return [_callback(r) for r in rows]
 
+    def prune_callbacks(self, finished_before: float) -> int:
+        """Delete the settled callbacks (delivered or given up) of jobs that ended before ``finished_before``.
+
+        Pending callbacks are never deleted, and neither is anything of a job still running: the
+        outbox keeps what may still have to be sent. Returns how many rows went.
+        """
+        with self._write() as conn:
+            cur = conn.execute(
+                "DELETE FROM callbacks WHERE state IN ('delivered', 'failed') AND job_id IN "
+                "(SELECT job_id FROM jobs WHERE state IN (?, ?) AND finished_at < ?)",
+                (JobState.COMPLETED.value, JobState.FAILED.value, finished_before),
+            )
+            return cur.rowcount
+
     def pending_callback_count(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM callbacks WHERE state='pending'").fetchone()[0]
 

@@ -133,3 +133,27 @@ def test_no_callbacks_are_queued_without_a_callback_url(tmp_path: Path) -> None:
     job, _ = store.create_job(new_job())
     store.claim_next()
     assert store.callbacks_of(job.job_id) == [] and store.pending_callback_count() == 0
+
+
+def test_pruning_removes_only_settled_callbacks_of_jobs_finished_long_enough_ago(store: Store) -> None:
+    old, _ = store.create_job(new_job())
+    store.claim_next()
+    store.complete(old.job_id, 1, model_path="/m/model.glb", artifacts={}, message="completed")
+    time.sleep(0.01)  # let the clock move, so the two jobs' finish times differ
+    recent, _ = store.create_job(new_job())
+    running, _ = store.create_job(new_job())
+    store.claim_next()
+    store.claim_next()
+    store.complete(recent.job_id, 1, model_path="/m/model.glb", artifacts={}, message="completed")
+    old_callbacks = store.callbacks_of(old.job_id)
+    assert len(old_callbacks) >= 2
+    store.callback_finished(old_callbacks[0].id, delivered=True)
+    store.callback_finished(old_callbacks[1].id, delivered=False, error="404 from the backend")
+    for cb in store.callbacks_of(recent.job_id) + store.callbacks_of(running.job_id):
+        store.callback_finished(cb.id, delivered=True)
+    cutoff = store.get(recent.job_id).finished_at  # type: ignore[union-attr]  # old finished before it
+
+    assert store.prune_callbacks(finished_before=cutoff) == 2
+    left = store.callbacks_of(old.job_id)
+    assert [cb.id for cb in left] == [cb.id for cb in old_callbacks[2:]] and all(cb.state == "pending" for cb in left)
+    assert store.callbacks_of(recent.job_id) and store.callbacks_of(running.job_id)
