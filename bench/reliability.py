@@ -8,7 +8,7 @@ Parts, each bounded in time and run against real service processes on 127.0.0.1 
 
 1. ``tests/reliability`` (pytest): hostile paths, images, requests; SIGKILLed service and workers;
    backend outage; full disk; retention; metrics and logs. Plus the property-based fuzz run of the
-   OpenAPI document (``tests/service/test_api_fuzz.py``: zero 5xx). Each test's docstring says what was
+   OpenAPI document (``tests/api/test_api_fuzz.py``: zero 5xx). Each test's docstring says what was
    tried and its ``record_property`` values what was observed.
 2. Service SIGKILL at random moments (simulate mode), restarted each time: every job ends
    completed, callbacks in order, no orphan processes, no half-written models.
@@ -46,7 +46,9 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.service.harness import CALLBACK_TOKEN, TOKEN, FakeBackend, ServiceProcess, wait_until
+from pipelines.files import write_text_atomic
+from recon_service.kit import CallbackRecorder, ReconDouble
+from tests.helpers import CALLBACK_TOKEN, TOKEN, double, wait_statuses, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "reliability.md"
@@ -86,7 +88,7 @@ def callbacks_in_order(statuses: list[str], final: str) -> bool:
     return bool(statuses) and statuses[0] == "queued" and statuses[-1] == final and ranks == sorted(ranks)
 
 
-def worker_pid(service: ServiceProcess, job_id: str) -> int:
+def worker_pid(service: ReconDouble, job_id: str) -> int:
     def find() -> int | None:
         for line in reversed(service.log().splitlines()):
             if job_id in line and "started in worker pid=" in line:
@@ -120,29 +122,26 @@ def half_written(models: Path) -> list[str]:
     return bad
 
 
-def copy_scene(service: ServiceProcess) -> Path:
+def copy_scene(service: ReconDouble) -> Path:
     folder = service.photos_root / uuid.uuid4().hex[:8]
     shutil.copytree(SCENE, folder)
     return folder
 
 
-def simulate_photos(service: ServiceProcess, count: int = 3) -> Path:
-    from recon_service.testing import write_jpegs
+def simulate_photos(service: ReconDouble, count: int = 3) -> Path:
+    from recon_service.kit import write_jpegs
 
     return write_jpegs(service.photos_root / uuid.uuid4().hex[:8], count)
 
 
-def start(root: Path, backend: FakeBackend, **env: str) -> ServiceProcess:
-    env = {"RECON_CALLBACK_URL": backend.url, "RECON_CALLBACK_TOKEN": CALLBACK_TOKEN, **env}
-    service = ServiceProcess(root, root / "uploads", env)
-    service.photos_root.mkdir(parents=True, exist_ok=True)
-    return service.start()
+def start(root: Path, backend: CallbackRecorder, **env: str) -> ReconDouble:
+    return double(root, root / "uploads", env, backend).start()
 
 
 # -- part 1: the pytest suite ----------------------------------------------------------------------
 def pytest_part(work: Path, timeout_s: float) -> list[Row]:
     report = work / "junit.xml"
-    command = [sys.executable, "-m", "pytest", "tests/reliability", "tests/service/test_api_fuzz.py", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+    command = [sys.executable, "-m", "pytest", "tests/reliability", "tests/api/test_api_fuzz.py", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
                "-o", "junit_family=xunit1"]  # fmt: skip
     try:
         subprocess.run(command, cwd=ROOT, timeout=timeout_s, capture_output=True, text=True)
@@ -178,7 +177,7 @@ def _docstring(module: str, name: str) -> str:
 # -- part 2: the service SIGKILLed at random moments ----------------------------------------------
 def service_kill_rounds(work: Path, rounds: int, seed: int = 7) -> list[Row]:
     rng = random.Random(seed)
-    backend = FakeBackend()
+    backend = CallbackRecorder(CALLBACK_TOKEN)
     service = start(work / "kill-rounds", backend, RECON_MAX_WORKERS="2")
     rows: list[Row] = []
     try:
@@ -187,18 +186,17 @@ def service_kill_rounds(work: Path, rounds: int, seed: int = 7) -> list[Row]:
             jobs = [service.submit(simulate_photos(service), simulate={"stage_seconds": rng.uniform(0.05, 0.3)}) for _ in range(5)]
             time.sleep(rng.uniform(0.3, 2.5))
             before = Counter(service.job(j)["status"] for j in jobs)
-            assert service.proc is not None
-            children = children_of(service.proc.pid)
+            children = children_of(service.pid)
             service.kill()
             orphans = wait_survivors(children, 5.0)
             service.start()
             final = {j: service.wait_job(j, timeout=60) for j in jobs}
             problems = [f"{j[:8]} {job['status']}" for j, job in final.items() if job["status"] != "completed"]
             for j in jobs:
-                statuses = collapse(backend.wait_for_status(j, "completed", timeout=30))
+                statuses = collapse(wait_statuses(backend, j, "completed", timeout=30))
                 if statuses != ["queued", "processing", "meshing", "texturing", "completed"]:
                     problems.append(f"{j[:8]} callbacks {statuses}")
-            problems += half_written(service.models) + [f"orphan pid {p}" for p in orphans]
+            problems += half_written(service.models_root) + [f"orphan pid {p}" for p in orphans]
             attempts = Counter(job["attempts"] for job in final.values())
             rows.append(Row("service SIGKILL", f"round {n}", "5 simulate jobs on 2 workers; SIGKILL the server at a random moment; restart",
                             f"at the kill: {dict(before)}; {len(children)} child processes all exited; attempts {dict(attempts)}; "
@@ -207,7 +205,7 @@ def service_kill_rounds(work: Path, rounds: int, seed: int = 7) -> list[Row]:
     except Exception as exc:
         rows.append(Row("service SIGKILL", f"round {len(rows) + 1}", "random SIGKILL", f"error: {exc!r}"[:500], "FAIL", 0.0))
     finally:
-        service.close()
+        service.stop()
         backend.close()
     return rows
 
@@ -220,7 +218,7 @@ def wait_survivors(pids: list[int], timeout: float) -> list[int]:
 
 
 # -- part 3: a worker SIGKILLed in each stage of the real pipeline --------------------------------
-def real_worker_kills(service: ServiceProcess, backend: FakeBackend, stages: tuple[str, ...]) -> list[Row]:
+def real_worker_kills(service: ReconDouble, backend: CallbackRecorder, stages: tuple[str, ...]) -> list[Row]:
     rows = []
     for stage in stages:
         started = time.monotonic()
@@ -232,12 +230,12 @@ def real_worker_kills(service: ServiceProcess, backend: FakeBackend, stages: tup
             killed = time.monotonic()
             job = service.wait_job(job_id, timeout=30)
             reap_s = time.monotonic() - killed
-            statuses = collapse(backend.wait_for_status(job_id, "failed", timeout=30))
+            statuses = collapse(wait_statuses(backend, job_id, "failed", timeout=30))
             tail = job.get("log_tail") or []
             checks = {
                 "message": job["message"].startswith("worker was killed, probably out of memory"),
                 "stage": job["stage"] == stage,
-                "output removed": not (service.models / job_id).exists(),
+                "output removed": not (service.models_root / job_id).exists(),
                 "log tail has the kill": any("exit code -9" in line for line in tail),
                 "callbacks in order": callbacks_in_order(statuses, "failed"),
             }
@@ -252,7 +250,7 @@ def real_worker_kills(service: ServiceProcess, backend: FakeBackend, stages: tup
     return rows
 
 
-def _reached(service: ServiceProcess, job_id: str, stage: str) -> bool:
+def _reached(service: ReconDouble, job_id: str, stage: str) -> bool:
     job = service.job(job_id)
     if job["status"] in ("completed", "failed"):
         raise AssertionError(f"the job ended ({job['status']}: {job['message']}) before reaching {stage}")
@@ -299,7 +297,7 @@ async def drive(url: str, clients: int, seconds: float, plan: Callable[[random.R
 
 
 def load_part(work: Path, clients: int, seconds: float, submit_per_s: float = 3.0, cancel_per_s: float = 0.5) -> tuple[list[Row], dict[str, Any]]:
-    backend = FakeBackend()
+    backend = CallbackRecorder(CALLBACK_TOKEN)
     service = start(work / "load", backend, RECON_MAX_WORKERS="4")
     folders = [simulate_photos(service) for _ in range(8)]
     pace = {"submit": time.monotonic(), "cancel": time.monotonic()}
@@ -329,12 +327,12 @@ def load_part(work: Path, clients: int, seconds: float, submit_per_s: float = 3.
             final[job_id] = service.wait_job(job_id, timeout=max(1.0, deadline - time.monotonic()))
         missing = []
         for job_id, job in final.items():
-            statuses = collapse(backend.wait_for_status(job_id, job["status"], timeout=max(1.0, deadline - time.monotonic())))
+            statuses = collapse(wait_statuses(backend, job_id, job["status"], timeout=max(1.0, deadline - time.monotonic())))
             if not callbacks_in_order(statuses, job["status"]):
                 missing.append(f"{job_id[:8]}: {statuses}")
-        metrics_ok = service.client.get("/metrics").status_code == 200
+        metrics_ok = service.http.get("/metrics").status_code == 200
     finally:
-        service.close()
+        service.stop()
         backend.close()
     outcomes = Counter("cancelled" if j["cancelled"] else j["status"] for j in final.values())
     gets = load.latencies["get"]
@@ -354,9 +352,9 @@ def load_part(work: Path, clients: int, seconds: float, submit_per_s: float = 3.
     return [row], stats
 
 
-def real_latency_part(service: ServiceProcess, clients: int = 10, interval_s: float = 0.05) -> tuple[list[Row], dict[str, Any]]:
+def real_latency_part(service: ReconDouble, clients: int = 10, interval_s: float = 0.05) -> tuple[list[Row], dict[str, Any]]:
     """Poll one real job from ``clients`` clients every ``interval_s`` until it ends; then wait for retention."""
-    listed = service.client.get("/jobs", params={"limit": 1}).json()["jobs"]
+    listed = service.http.get("/jobs", params={"limit": 1}).json()["jobs"]
     idle: list[float] = []
     if listed:  # the same polling with no pipeline running, for comparison
         idle, _, _ = asyncio.run(poll(service.url, listed[0]["job_id"], clients, interval_s, seconds=5.0, until_final=False))
@@ -365,11 +363,11 @@ def real_latency_part(service: ServiceProcess, clients: int = 10, interval_s: fl
     job_id = service.submit(copy_scene(service), options={"preset": "preview"})
     gets, errors, job = asyncio.run(asyncio.wait_for(poll(service.url, job_id, clients, interval_s, seconds=900), 960))
     load_after = os.getloadavg()[0]
-    work_dir = service.models / job_id / "work"
+    work_dir = service.models_root / job_id / "work"
     before = job.get("disk_bytes") or 0
     removed = _wait(lambda: not work_dir.exists(), 30)
     after = service.job(job_id)["disk_bytes"]
-    kept = (service.models / job_id / "model.glb").exists()
+    kept = (service.models_root / job_id / "model.glb").exists()
     stats = {"job": job["status"], "message": job["message"], "samples": len(gets), "p50": percentile(gets, 50),
              "p95": percentile(gets, 95), "p99": percentile(gets, 99), "max": max(gets, default=float("nan")),
              "errors": dict(errors), "idle_p50": percentile(idle, 50), "idle_p99": percentile(idle, 99),
@@ -472,9 +470,7 @@ def write_report(rows: list[Row], extras: dict[str, Any], started: datetime, sec
         lines.append("")
     if extras:
         lines += ["## Numbers", "", "```json", json.dumps(extras, indent=2, default=str), "```", ""]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,14 +489,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         parts = set(args.parts.split(","))
         if "tests" in parts:
-            print("pytest tests/reliability tests/service/test_api_fuzz.py ...", file=sys.stderr, flush=True)
+            print("pytest tests/reliability tests/api/test_api_fuzz.py ...", file=sys.stderr, flush=True)
             rows += pytest_part(work, timeout_s=300)
         if "kills" in parts:
             print("service SIGKILL rounds ...", file=sys.stderr, flush=True)
             rows += service_kill_rounds(work, rounds=2 if args.quick else 4)
         if "real" in parts and not args.skip_real:
             print("real pipeline: worker SIGKILL in each stage ...", file=sys.stderr, flush=True)
-            backend = FakeBackend()
+            backend = CallbackRecorder(CALLBACK_TOKEN)
             real = start(work / "real", backend, RECON_PIPELINE="real", RECON_RETENTION_S="5")
             try:
                 rows += real_worker_kills(real, backend, ("ingest", "sparse", "mesh") if args.quick else STAGES)
@@ -508,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 latency_rows, extras["real_pipeline_latency_ms"] = real_latency_part(real)
                 rows += latency_rows
             finally:
-                real.close()
+                real.stop()
                 backend.close()
         if "load" in parts:
             print(f"load: {args.clients} clients ...", file=sys.stderr, flush=True)

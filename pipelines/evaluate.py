@@ -169,7 +169,7 @@ def _crop_triangles(vertices: np.ndarray, triangles: np.ndarray, lo: np.ndarray,
 
 def sample_in_crop(vertices: np.ndarray, triangles: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int, seed: int) -> np.ndarray:
     """About ``n`` points uniformly distributed by area on the part of a mesh inside the box [lo, hi]."""
-    from fixtures.groundtruth import sample_surface
+    from pipelines.geometry import sample_surface
 
     tris = _crop_triangles(vertices, triangles, lo, hi)
     if len(tris) == 0:

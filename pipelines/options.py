@@ -40,6 +40,7 @@ class IngestOptions:
     max_photos: int = opt(500, "Most photos a job may have.", min=3, max=5000)
     max_pixels: int = opt(120_000_000, "Largest decoded size of one photo (pixels); guards against decompression bombs.", min=1_000_000, max=1_000_000_000)
     min_side: int = opt(160, "Photos with a shorter side than this (px) are skipped as too small.", min=16, max=4096)
+    max_photo_bytes: int = opt(100_000_000, "Largest photo file (bytes); larger ones are skipped before they are read.", min=100_000, max=2_000_000_000)
 
 
 @dataclass(frozen=True)

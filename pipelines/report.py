@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipelines.files import write_text_atomic
 from pipelines.options import ReconOptions, options_to_dict
 
 SOFTWARE = ("recon-service", "pycolmap", "open3d-cpu", "open3d", "trimesh", "numpy", "opencv-python-headless")
@@ -83,8 +84,4 @@ def build(*, options: ReconOptions, timings: StageTimings, simulated: bool = Fal
 
 def write(report: dict[str, Any], path: Path) -> Path:
     """Write ``report`` as JSON to ``path`` via a temporary name, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")

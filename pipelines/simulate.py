@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -20,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import InvalidInput, ReconstructionFailed
-from pipelines.ingest import list_photos
+from pipelines.files import atomic_path, write_text_atomic
 from pipelines.options import ReconOptions, options_to_dict
+from pipelines.photos import PHOTO_KINDS, PhotoFolder, PhotoRefused
 from pipelines.progress import CancelToken, ProgressFn
 from pipelines.run import STAGE_NAMES, STAGES, ProgressTracker, ReconstructionResult
 
@@ -137,7 +137,7 @@ def reconstruct(
         "model": {"vertices": 24, "faces": 12, "texture_px": list(state["texture"].size)},
         "timings_s": timings,
     }
-    report_path = _write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    report_path = write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     artifacts = {
         "model.glb": out_dir / "model.glb",
         "sparse": out_dir / "sparse",
@@ -158,41 +158,56 @@ def _pretend_work(stage: str, seconds: float, tracker: ProgressTracker, cancel: 
 
 
 def _ingest(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[str, Any]) -> None:
-    """List the photos like the real ingest and keep the first readable one as the texture."""
+    """Open every photo once like the real ingest (links and special files fail the job, oversized ones are
+    skipped) and keep the first readable one as the texture."""
+    import io
+
     from PIL import Image, ImageOps
 
     try:
         import pillow_heif
 
         pillow_heif.register_heif_opener()
-    except ImportError:  # HEIC photos then count as unreadable, as in a real run without it
+    except ImportError:  # the light install has no HEIC decoder: HEIC photos count as unreadable
         pass
-    photos = list_photos(photos_dir)
-    if len(photos) < options.ingest.min_photos:
-        raise InvalidInput(f"found {len(photos)} photos in {photos_dir}; at least {options.ingest.min_photos} are needed")
-    for path in photos:
-        try:
-            with Image.open(path) as img:
-                texture = ImageOps.exif_transpose(img).convert("RGB")
-        except (OSError, ValueError) as exc:
-            logger.warning("simulated ingest: cannot read %s: %s", path.name, exc)
-            continue
-        texture.thumbnail((TEXTURE_SIDE, TEXTURE_SIDE))
-        state.update(photos=photos, texture=texture, texture_from=path.name)
-        return
-    raise InvalidInput(f"none of the {len(photos)} photos in {photos_dir} could be read; upload JPEG, PNG or HEIC photos")
+    with PhotoFolder.open_photos(photos_dir, max_bytes=options.ingest.max_photo_bytes) as folder:
+        names = folder.names()
+        if len(names) < options.ingest.min_photos:
+            raise InvalidInput(f"found {len(names)} photos in {photos_dir}; at least {options.ingest.min_photos} are needed")
+        texture, texture_from = None, None
+        for name in names:
+            try:
+                data = folder.read(name).data
+            except PhotoRefused as exc:
+                if exc.special:
+                    raise InvalidInput(f"photos_dir changed after submission: {exc}") from None
+                logger.warning("simulated ingest: skipping %s", exc)
+                continue
+            if texture is not None:
+                continue
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    texture = ImageOps.exif_transpose(img).convert("RGB")
+                    texture_from = name
+            except (OSError, ValueError) as exc:
+                logger.warning("simulated ingest: cannot read %s: %s", name, exc)
+    if texture is None:
+        raise InvalidInput(f"none of the {len(names)} photos in {photos_dir} could be read; upload {PHOTO_KINDS} photos")
+    texture.thumbnail((TEXTURE_SIDE, TEXTURE_SIDE))
+    state.update(photos=names, texture=texture, texture_from=texture_from)
 
 
 def _sparse(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[str, Any]) -> None:
     """A valid COLMAP text model: one pinhole camera, the photos on a circle looking at the box."""
     import numpy as np
-    from scipy.spatial.transform import Rotation
+
+    from pipelines.geometry import quaternion_from_matrix
 
     width, height = state["texture"].size
     focal = 1.2 * max(width, height)
     sparse = out_dir / "sparse"
     sparse.mkdir(exist_ok=True)
-    _write_text(sparse / "cameras.txt", f"# simulated\n1 PINHOLE {width} {height} {focal} {focal} {width / 2} {height / 2}\n")
+    write_text_atomic(sparse / "cameras.txt", f"# simulated\n1 PINHOLE {width} {height} {focal} {focal} {width / 2} {height / 2}\n")
     lines = ["# simulated: camera-from-world poses (QW QX QY QZ TX TY TZ), cameras on a circle of radius 3 m"]
     n = len(state["photos"])
     for i, photo in enumerate(state["photos"]):
@@ -203,12 +218,12 @@ def _sparse(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[
         right /= np.linalg.norm(right)
         down = np.cross(forward, right)
         rot = np.stack([right, down, forward])  # rows: camera axes in world coordinates
-        qx, qy, qz, qw = Rotation.from_matrix(rot).as_quat()
+        qw, qx, qy, qz = quaternion_from_matrix(rot)
         tx, ty, tz = -rot @ center
-        lines.append(f"{i + 1} {qw:.9f} {qx:.9f} {qy:.9f} {qz:.9f} {tx:.9f} {ty:.9f} {tz:.9f} 1 {photo.name}")
+        lines.append(f"{i + 1} {qw:.9f} {qx:.9f} {qy:.9f} {qz:.9f} {tx:.9f} {ty:.9f} {tz:.9f} 1 {photo}")
         lines.append("")  # no 2D points
-    _write_text(sparse / "images.txt", "\n".join(lines) + "\n")
-    _write_text(sparse / "points3D.txt", "# simulated: no 3D points\n")
+    write_text_atomic(sparse / "images.txt", "\n".join(lines) + "\n")
+    write_text_atomic(sparse / "points3D.txt", "# simulated: no 3D points\n")
 
 
 def _dense(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[str, Any]) -> None:
@@ -218,9 +233,8 @@ def _dense(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[s
     mesh = _textured_box(state["texture"])
     points, face_index = trimesh.sample.sample_surface(mesh, 2000, seed=0)
     colors = mesh.visual.to_color().vertex_colors[mesh.faces[face_index, 0]]
-    tmp = out_dir / "points.ply.tmp"
-    trimesh.PointCloud(points, colors=colors).export(tmp, file_type="ply")
-    os.replace(tmp, out_dir / "points.ply")
+    with atomic_path(out_dir / "points.ply") as tmp:
+        trimesh.PointCloud(points, colors=colors).export(tmp, file_type="ply")
 
 
 def _noop(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[str, Any]) -> None:
@@ -230,14 +244,12 @@ def _noop(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[st
 def _export(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[str, Any]) -> None:
     """``model.glb`` (glTF, Y up, metres) and ``preview.png``, each written to a temp name and renamed."""
     mesh = _textured_box(state["texture"])
-    tmp = out_dir / "model.glb.tmp"
-    mesh.export(tmp, file_type="glb")
-    os.replace(tmp, out_dir / "model.glb")
+    with atomic_path(out_dir / "model.glb") as tmp:
+        mesh.export(tmp, file_type="glb")
     preview = state["texture"].copy()
     preview.thumbnail((256, 256))
-    tmp = out_dir / "preview.png.tmp"
-    preview.save(tmp, format="PNG")
-    os.replace(tmp, out_dir / "preview.png")
+    with atomic_path(out_dir / "preview.png") as tmp:
+        preview.save(tmp, format="PNG")
 
 
 def _textured_box(texture: Any) -> Any:
@@ -263,13 +275,6 @@ def _textured_box(texture: Any) -> Any:
         faces.extend([[base, base + 1, base + 2], [base, base + 2, base + 3]])
     visual = trimesh.visual.TextureVisuals(uv=np.array(uvs), image=texture)
     return trimesh.Trimesh(np.array(vertices), np.array(faces), visual=visual, process=False)
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 _STAGE_WORK = {

@@ -1,9 +1,18 @@
-"""The registered views of a COLMAP model as plain arrays, for the mesh, texture and export stages.
+"""The registered views of a COLMAP model as plain arrays, and the one pixel-convention conversion.
+
+Two kinds of view exist in the pipeline, kept apart on purpose:
+
+* :class:`ColmapView` (mesh, texture, export): the photo as COLMAP calibrated it, lens distortion
+  included, in **COLMAP's pixel convention** -- the centre of the top-left pixel is ``(0.5, 0.5)``.
+  Projection goes through ``pycolmap.Camera.img_from_cam``, so every camera model is honoured.
+* :class:`pipelines.dense.views.PinholeView` (dense stage): an undistorted, downscaled working
+  image with pinhole intrinsics ``K`` in **OpenCV's convention** -- integer coordinates are pixel
+  centres, ``(0, 0)`` the top-left one -- as OpenCV's warps and remaps expect.
+
+:func:`opencv_intrinsics` is the only place where one convention becomes the other.
 
 Poses are camera-from-world (``x_cam = R @ x_world + t``) with COLMAP/OpenCV axes (x right, y down,
-z forward); pixel coordinates follow COLMAP (the centre of the top-left pixel is (0.5, 0.5)).
-Projection goes through ``pycolmap.Camera.img_from_cam``, so every COLMAP camera model's lens
-distortion is honoured.
+z forward), in model units.
 """
 
 from __future__ import annotations
@@ -11,19 +20,17 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pipelines.errors import ReconstructionFailed
 
-if TYPE_CHECKING:
-    import pycolmap
-
 
 @dataclass(frozen=True)
-class View:
-    """One registered photo: its camera model (pixels) and camera-from-world pose (model units)."""
+class ColmapView:
+    """One registered photo: its COLMAP camera (distortion included, COLMAP pixel convention) and
+    camera-from-world pose (model units)."""
 
     name: str
     """Image name inside the working images folder."""
@@ -77,8 +84,35 @@ class View:
     def focal_px(self) -> float:
         return float(self.camera.mean_focal_length())
 
+    @classmethod
+    def from_image(cls, image: Any) -> ColmapView:
+        """The view of a registered ``pycolmap.Image`` (its camera copied: the model's dies with the model)."""
+        pose = image.cam_from_world()
+        cam = copy.deepcopy(image.camera)
+        return cls(
+            name=image.name,
+            camera=cam,
+            R=np.asarray(pose.rotation.matrix(), dtype=np.float64),
+            t=np.asarray(pose.translation, dtype=np.float64).reshape(3),
+            width=int(cam.width),
+            height=int(cam.height),
+        )
 
-def load_views(sparse_dir: Path, stage: str) -> list[View]:
+
+def opencv_intrinsics(camera: Any, scale_x: float = 1.0, scale_y: float = 1.0) -> np.ndarray:
+    """Pinhole ``K`` of ``camera`` (a ``pycolmap.Camera``) for its image resized by (scale_x, scale_y),
+    in OpenCV's pixel convention.
+
+    COLMAP's principal point is measured from the top-left corner of the image (pixel centres at
+    half-integers); OpenCV's from the centre of the top-left pixel: ``c_opencv = c_colmap * s - 0.5``.
+    Distortion is not part of ``K``: images must be undistorted to match it.
+    """
+    fx, fy = float(camera.focal_length_x), float(camera.focal_length_y)
+    cx, cy = float(camera.principal_point_x), float(camera.principal_point_y)
+    return np.array([[fx * scale_x, 0.0, cx * scale_x - 0.5], [0.0, fy * scale_y, cy * scale_y - 0.5], [0.0, 0.0, 1.0]])
+
+
+def load_views(sparse_dir: Path, stage: str) -> list[ColmapView]:
     """The registered views of the COLMAP model in ``sparse_dir``, sorted by image name.
 
     Raises ``ReconstructionFailed(stage, ...)`` when the model cannot be read or holds no view.
@@ -89,27 +123,13 @@ def load_views(sparse_dir: Path, stage: str) -> list[View]:
         rec = pycolmap.Reconstruction(str(sparse_dir))
     except Exception as exc:  # pycolmap raises plain RuntimeError/ValueError for unreadable models
         raise ReconstructionFailed(stage, f"cannot read the sparse model in {sparse_dir}: {exc}; rerun the sparse stage") from exc
-    views = []
-    for image_id in rec.reg_image_ids():
-        image: pycolmap.Image = rec.images[image_id]
-        pose = image.cam_from_world()
-        cam = copy.deepcopy(image.camera)  # the model's own camera dies with ``rec``
-        views.append(
-            View(
-                name=image.name,
-                camera=cam,
-                R=np.asarray(pose.rotation.matrix(), dtype=np.float64),
-                t=np.asarray(pose.translation, dtype=np.float64).reshape(3),
-                width=int(cam.width),
-                height=int(cam.height),
-            )
-        )
+    views = [ColmapView.from_image(rec.images[image_id]) for image_id in rec.reg_image_ids()]
     if not views:
         raise ReconstructionFailed(stage, f"the sparse model in {sparse_dir} has no registered photo; take more overlapping photos")
     return sorted(views, key=lambda v: v.name)
 
 
-def observed_mask(points: np.ndarray, views: list[View], min_views: int = 1, margin: float = 0.0) -> np.ndarray:
+def observed_mask(points: np.ndarray, views: list[ColmapView], min_views: int = 1, margin: float = 0.0) -> np.ndarray:
     """Mask of world points (N, 3) inside the image of at least ``min_views`` views (no occlusion test)."""
     count = np.zeros(len(points), dtype=np.int32)
     for view in views:
@@ -118,7 +138,7 @@ def observed_mask(points: np.ndarray, views: list[View], min_views: int = 1, mar
     return count >= min_views
 
 
-def convergence(views: list[View], min_spread: float = 0.1) -> tuple[np.ndarray, float] | None:
+def convergence(views: list[ColmapView], min_spread: float = 0.1) -> tuple[np.ndarray, float] | None:
     """Where the photos look: the point nearest to all optical axes (least squares) and the
     median distance of the cameras from it (model units).
 

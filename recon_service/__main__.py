@@ -2,7 +2,7 @@
 
 import sys
 
-from recon_service.server import main
+from recon_service.api.server import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,21 +1,21 @@
-"""HTTP shapes: the contract's request, response and callback bodies, plus additive fields.
+"""The contract with the backend as data: request, response and callback bodies, plus additive fields.
 
-Requests come in as ``*Create`` models, responses go out as ``*Public`` models built from store
-records, so storage rows never leak into the API. Field docs end up in ``/openapi.json``.
+Shared by the service (``recon_service.api``), its worker side and the client kit
+(``recon_service.kit``), so this module imports pydantic and nothing of the service. Requests come
+in as ``*Create`` models and responses go out as ``*Public`` models, which the API builds from store
+records (``recon_service.api.public``): storage rows never leak into the API, and nothing here
+knows about storage. Field docs end up in ``/openapi.json``.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
-
-if TYPE_CHECKING:
-    from recon_service.store import JobRecord
 
 
 class ContractStatus(StrEnum):
@@ -120,28 +120,6 @@ class JobPublic(BaseModel):
         None, description="A failed job's last log lines (worker and service), oldest first, to explain its message; null otherwise."
     )
 
-    @classmethod
-    def from_record(cls, rec: JobRecord) -> JobPublic:
-        return cls(
-            job_id=rec.job_id,
-            status=ContractStatus(rec.status),
-            progress=rec.progress,
-            message=rec.message,
-            model_uri=file_uri(rec.model_path),
-            stage=rec.stage,
-            eta_seconds=rec.eta_seconds,
-            created_at=_utc(rec.created_at),
-            updated_at=_utc(rec.updated_at),
-            artifacts={name: file_uri(path) or "" for name, path in rec.artifacts.items()},
-            cancelled=rec.cancelled,
-            cancel_requested=rec.cancel_requested,
-            dataset_name=rec.dataset_name,
-            photo_count=rec.photo_count,
-            attempts=rec.attempts,
-            options=rec.options,
-            simulated=rec.simulate is not None,
-        )
-
 
 class JobList(BaseModel):
     """``GET /jobs``: newest first."""
@@ -204,23 +182,3 @@ class OptionsCatalog(BaseModel):
     default_preset: str = Field(description="Preset used when a job names none.")
     presets: dict[str, dict[str, Any]] = Field(description="Preset name → every option key → value.")
     options: list[OptionInfo]
-
-
-def callback_body(rec: JobRecord) -> dict[str, Any]:
-    """The contract's callback body for the job's current state (exactly the contract's five fields)."""
-    return CallbackBody(
-        job_id=rec.job_id,
-        status=ContractStatus(rec.status),
-        progress=rec.progress,
-        message=rec.message,
-        model_uri=file_uri(rec.model_path),
-    ).model_dump(mode="json")
-
-
-def file_uri(path: str | None) -> str | None:
-    """``file:///abs/path`` for an absolute path, ``None`` for none."""
-    return Path(path).as_uri() if path else None
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)

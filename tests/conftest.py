@@ -1,48 +1,54 @@
-"""Fixtures shared by every test area."""
+"""Fixtures shared by every test area: photos, a recording backend, services as real processes."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-FIXTURES_READY = Path("/tmp/fixtures_ready")
-
-
-def write_photos(folder: Path, count: int, *, size: tuple[int, int] = (320, 240)) -> Path:
-    """``count`` real, decodable photos in ``folder`` (``photo_1.jpg`` ...), as the backend stores them.
-
-    Rendered fixture photos are copied when the fixture renderer has produced them; otherwise
-    small JPEGs are generated (seeded noise, so each photo differs).
-    """
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rendered: list[Path] = []
-    if FIXTURES_READY.exists():
-        from fixtures.scenes import scene_dir
-
-        images = scene_dir("tabletop_small") / "images"
-        rendered = sorted(images.glob("*.jpg")) if images.is_dir() else []
-    rng = np.random.default_rng(count)
-    for i in range(count):
-        target = folder / f"photo_{i + 1}.jpg"
-        if i < len(rendered):
-            shutil.copyfile(rendered[i], target)
-        else:
-            pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(target, quality=85)
-    return folder
+from recon_service.kit import CallbackRecorder, ReconDouble, write_jpegs
+from tests.helpers import CALLBACK_TOKEN, double
 
 
 @pytest.fixture
 def make_photos(tmp_path: Path) -> Callable[..., Path]:
-    """``make_photos(count, name=...)`` → a folder of ``count`` photos under ``tmp_path/uploads``."""
+    """``make_photos(count, name=...)`` → a folder of ``count`` valid JPEGs under ``tmp_path/uploads``."""
 
     def make(count: int, name: str = "job", **kwargs: object) -> Path:
-        return write_photos(tmp_path / "uploads" / name, count, **kwargs)  # type: ignore[arg-type]
+        return write_jpegs(tmp_path / "uploads" / name, count, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def backend() -> Iterator[CallbackRecorder]:
+    """The backend's callback endpoints on loopback, recording what the service sends."""
+    with CallbackRecorder(CALLBACK_TOKEN) as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[Callable[..., ReconDouble]]:
+    """``start_service(env={...}, backend=..., wait=True)`` → a running simulate-mode service; stopped at teardown.
+
+    Every service of a test shares ``tmp_path/uploads`` as its photos root.
+    """
+    started: list[ReconDouble] = []
+
+    def start(env: dict[str, str] | None = None, backend: CallbackRecorder | None = None, wait: bool = True) -> ReconDouble:
+        svc = double(tmp_path / f"service{len(started)}", tmp_path / "uploads", env, backend)
+        started.append(svc)
+        return svc.start(wait=wait)
+
+    yield start
+    for svc in started:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReconDouble]:
+    """One service for the tests that only submit and read (validation, auth, listing)."""
+    root = tmp_path_factory.mktemp("shared")
+    with double(root / "service", root / "uploads") as svc:
+        yield svc

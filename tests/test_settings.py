@@ -10,8 +10,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from recon_service.kit import ReconDouble
 from recon_service.settings import SettingsError, load_settings
-from tests.service.harness import REPO, TOKEN, ServiceProcess
+from tests.helpers import REPO, TOKEN, double
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_the_server_refuses_to_start_with_invalid_settings_and_names_the_variabl
 
 
 def test_without_a_configured_token_a_generated_one_is_printed_once_and_required(
-    start_service: Callable[..., ServiceProcess],
+    start_service: Callable[..., ReconDouble],
 ) -> None:
     service = start_service(env={"RECON_SERVICE_TOKEN": ""})
     tokens = re.findall(r"generated token:\s+(\S+)", service.log())
@@ -66,18 +67,18 @@ def test_without_a_configured_token_a_generated_one_is_printed_once_and_required
     assert httpx.get(service.url + "/jobs").status_code == 401
 
 
-def test_a_second_service_on_the_same_data_dir_refuses_to_start(start_service: Callable[..., ServiceProcess]) -> None:
+def test_a_second_service_on_the_same_data_dir_refuses_to_start(start_service: Callable[..., ReconDouble]) -> None:
     first = start_service()
-    second = ServiceProcess(first.root, first.photos_root)
+    second = double(first.root, first.photos_root)
     second.start(wait=False)
-    assert second.proc is not None and second.proc.wait(timeout=60) != 0
+    assert second.wait_exit(timeout=60) != 0
     assert "already uses RECON_DATA_DIR" in second.log()
-    assert first.client.get("/readyz").status_code == 200
+    assert first.http.get("/readyz").status_code == 200
 
 
 def test_the_service_imports_no_heavy_pipeline_libraries() -> None:
     code = (
-        "import sys, recon_service.app, recon_service.server, recon_service.submission, pipelines.simulate;"
+        "import sys, recon_service.api.app, recon_service.api.server, recon_service.jobs.submission, pipelines.simulate;"
         "print(','.join(m for m in ('pycolmap', 'open3d', 'trimesh', 'cv2', 'scipy', 'numpy') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
-from recon_service.client import (
+from recon_service.kit.client import (
     CallbackBody,
     CallbackReceiver,
     CallbackRejected,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.dense_fusion import ViewPoints
+from pipelines.dense.fusion import ViewPoints
 from pipelines.errors import Cancelled, ReconstructionFailed
 from pipelines.options import DenseOptions
 from pipelines.progress import CancelToken, StageProgress

@@ -5,20 +5,20 @@ projected into a neighbour, lands on a pixel whose own depth, projected back, re
 ``max_reprojection_px`` of the original pixel and within ``max_relative_depth_error`` of its
 depth. Kept pixels become world points (the average of the agreeing views' points), coloured from
 the reference image, with normals from the depth map's gradients oriented toward the camera.
-Conventions as in :mod:`pipelines.dense_views` (camera-from-world poses, OpenCV pixels, depth =
+Conventions as in :mod:`pipelines.dense.views` (camera-from-world poses, OpenCV pixels, depth =
 camera z, model units).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipelines.dense_views import View
+from pipelines.dense.views import PinholeView
+from pipelines.files import atomic_path
 
 NORMAL_WINDOW = 5
 """Side (px) of the window over which the point map is averaged before differentiating it for
@@ -50,19 +50,18 @@ class ViewPoints:
 
 def save_depth(path: Path, depth: np.ndarray) -> None:
     """Write a float32 depth map (camera z, 0 = none) as .npy via a temp name."""
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, depth.astype(np.float32, copy=False))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, depth.astype(np.float32, copy=False))
 
 
-def _rays(view: View) -> np.ndarray:
+def _rays(view: PinholeView) -> np.ndarray:
     """(H, W, 3) camera-frame rays with z = 1 through every pixel centre."""
     u, v = np.meshgrid(np.arange(view.width, dtype=np.float32), np.arange(view.height, dtype=np.float32))
     K = view.K
     return np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], axis=-1)
 
 
-def depth_normals(view: View, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def depth_normals(view: PinholeView, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(normals (H, W, 3) in the camera frame facing the camera, ok (H, W) bool) from a depth map.
 
     The point map is averaged over a small window of valid pixels, then differentiated across
@@ -95,7 +94,7 @@ def depth_normals(view: View, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return normals.astype(np.float32), ok
 
 
-def _pixel_transfer(src: View, dst: View) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_transfer(src: PinholeView, dst: PinholeView) -> tuple[np.ndarray, np.ndarray]:
     """(M, c) such that a pixel ``p`` of ``src`` at depth ``z`` is at ``z * M @ [u, v, 1] + c`` in
     ``dst``'s camera frame (metres-like model units, camera-from-world poses)."""
     R = dst.R @ src.R.T
@@ -103,9 +102,9 @@ def _pixel_transfer(src: View, dst: View) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fuse_view(
-    ref: View,
+    ref: PinholeView,
     ref_depth: np.ndarray,
-    neighbours: list[tuple[View, np.ndarray]],
+    neighbours: list[tuple[PinholeView, np.ndarray]],
     settings: ConsistencySettings,
     check: Callable[[], None],
     claimed: dict[int, np.ndarray] | None = None,
@@ -263,9 +262,8 @@ def write_point_cloud(
     cloud.normals = o3d.utility.Vector3dVector(normals)
     if len(cloud.points) > 4 * outlier_neighbours:
         cloud, _ = cloud.remove_statistical_outlier(outlier_neighbours, outlier_std_ratio)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False, compressed=False):
-        raise OSError(f"could not write {tmp}")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not o3d.io.write_point_cloud(str(tmp), cloud, write_ascii=False, compressed=False):
+            raise OSError(f"could not write {path}")
     return len(cloud.points)

@@ -5,8 +5,8 @@ model, per-point RGB and unit normals facing the cameras):
 
 * ``cpu`` (:func:`_run_cpu`): undistort and downscale the images, pick source views by shared
   sparse points and triangulation angle, compute a depth map per view by a coarse-to-fine plane
-  sweep with windowed ZNCC (:mod:`pipelines.dense_stereo`), keep depth that other views' maps
-  confirm, fuse, voxel-downsample and remove outliers (:mod:`pipelines.dense_fusion`).
+  sweep with windowed ZNCC (:mod:`pipelines.dense.stereo`), keep depth that other views' maps
+  confirm, fuse, voxel-downsample and remove outliers (:mod:`pipelines.dense.fusion`).
 * ``cuda`` (:func:`_run_colmap`): COLMAP's own ``undistort_images`` + ``patch_match_stereo`` +
   ``stereo_fusion``, where pycolmap was built with CUDA.
 
@@ -26,14 +26,16 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from pipelines.dense_fusion import ConsistencySettings, VoxelCloud, fuse_view, save_depth, write_point_cloud
-from pipelines.dense_stereo import OUTSIDE, StereoImage, SweepSettings, estimate_depth
-from pipelines.dense_views import View, ViewPlan, pixel_footprint, plan_views, prepare_views, write_views_json
+from pipelines.artifacts import SparseModel
+from pipelines.dense.fusion import ConsistencySettings, VoxelCloud, fuse_view, save_depth, write_point_cloud
+from pipelines.dense.stereo import OUTSIDE, StereoImage, SweepSettings, estimate_depth
+from pipelines.dense.views import PinholeView, ViewPlan, pixel_footprint, plan_views, prepare_views, write_views_json
 from pipelines.errors import InvalidOptions, ReconstructionFailed
+from pipelines.files import write_text_atomic
 from pipelines.options import DenseOptions
 from pipelines.progress import CancelToken, StageProgress
 
@@ -52,20 +54,6 @@ PROGRESS_INTERVAL_S = 0.5
 # Share of the stage's time per step (CPU seconds on the tabletop fixture, balanced preset:
 # undistort 0.6, depth maps 14.4, fusion 4.9, writing the cloud 0.7).
 _UNDISTORT, _DEPTH, _FUSE = 0.03, 0.70, 0.23
-
-
-class SparseModel(Protocol):
-    """What the dense stage needs from the SfM result."""
-
-    @property
-    def sparse_dir(self) -> Path:
-        """COLMAP model folder readable by ``pycolmap.Reconstruction``."""
-        ...
-
-    @property
-    def images_dir(self) -> Path:
-        """Folder holding the images the model's image names refer to."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -168,7 +156,7 @@ def _load_model(sparse: SparseModel) -> Any:
     return reconstruction
 
 
-def _stereo_image(view: View) -> StereoImage:
+def _stereo_image(view: PinholeView) -> StereoImage:
     import cv2
 
     rgb, valid = view.load()
@@ -277,9 +265,9 @@ def _run_cpu(
 
 
 def _depth_maps(
-    views: list[View],
+    views: list[PinholeView],
     plans: list[ViewPlan],
-    todo: list[View],
+    todo: list[PinholeView],
     depth_dir: Path,
     sweep: SweepSettings,
     progress: StageProgress,
@@ -292,7 +280,7 @@ def _depth_maps(
     """
     tracker = _Progress(progress, _UNDISTORT, _DEPTH, len(todo), "depth maps")
 
-    def one(view: View) -> tuple[int, int, float]:
+    def one(view: PinholeView) -> tuple[int, int, float]:
         t0 = time.monotonic()
         plan = plans[view.index]
         ref = _stereo_image(view)
@@ -325,9 +313,9 @@ def _depth_maps(
 
 
 def _fuse(
-    views: list[View],
+    views: list[PinholeView],
     plans: list[ViewPlan],
-    todo: list[View],
+    todo: list[PinholeView],
     depth_dir: Path,
     consistency: ConsistencySettings,
     cloud: VoxelCloud,
@@ -367,9 +355,7 @@ def _fuse(
 
 
 def _write_stats(path: Path, stats: tuple[ViewStats, ...]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps([dataclasses.asdict(s) for s in stats], indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps([dataclasses.asdict(s) for s in stats], indent=1))
 
 
 def _run_colmap(
@@ -381,7 +367,7 @@ def _run_colmap(
     cancel: CancelToken,
 ) -> DenseResult:
     """COLMAP PatchMatch stereo (CUDA) and COLMAP fusion, then the same cleaning as the CPU path."""
-    from pipelines import dense_colmap
+    from pipelines.dense import colmap as dense_colmap
 
     reconstruction = _load_model(sparse)
     fused = dense_colmap.patch_match(

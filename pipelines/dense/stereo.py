@@ -14,7 +14,7 @@ Coarse to fine, all vectorised with OpenCV and numpy:
 
 Scores are ZNCC in [-1, 1]; pixels whose best score is below ``min_ncc`` or whose window has
 almost no texture get depth 0 (invalid). Poses are camera-from-world, intrinsics in the OpenCV
-pixel convention, depth is camera z (see :mod:`pipelines.dense_views`).
+pixel convention, depth is camera z (see :mod:`pipelines.dense.views`).
 """
 
 from __future__ import annotations

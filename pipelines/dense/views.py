@@ -6,7 +6,9 @@ Conventions used throughout the dense stage:
   (metres when the model is metric).
 * Intrinsics ``K`` are for the undistorted, downscaled **working image** in the **OpenCV pixel
   convention**: integer coordinates are pixel centres, so ``(0, 0)`` is the centre of the top-left
-  pixel. COLMAP puts the top-left pixel's centre at ``(0.5, 0.5)``; :func:`prepare_views` converts.
+  pixel. COLMAP puts the top-left pixel's centre at ``(0.5, 0.5)``; a :class:`PinholeView` is made
+  from a :class:`~pipelines.views.ColmapView` by :meth:`PinholeView.from_colmap`, which converts
+  through :func:`pipelines.views.opencv_intrinsics` (the one place that does).
 * Depth is the camera-frame ``z`` coordinate (not the distance along the ray).
 """
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import ReconstructionFailed
+from pipelines.files import write_png, write_text_atomic
 from pipelines.progress import CancelToken, StageProgress
+from pipelines.views import ColmapView, opencv_intrinsics
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +41,8 @@ GOOD_ANGLE_DEG = (5.0, 40.0)
 
 
 @dataclass(frozen=True)
-class View:
-    """One registered photo as the dense stage sees it (undistorted, at the working size)."""
+class PinholeView:
+    """One registered photo as the dense stage sees it: undistorted, at the working size, OpenCV pixels."""
 
     index: int
     name: str
@@ -56,6 +59,12 @@ class View:
     """Undistorted colour working image (PNG, written by :func:`prepare_views`)."""
     mask_path: Path | None
     """PNG, 255 where the undistorted image has real content; ``None`` when every pixel does."""
+
+    @classmethod
+    def from_colmap(cls, index: int, view: ColmapView, width: int, height: int, image_path: Path, mask_path: Path | None) -> PinholeView:
+        """The undistorted ``width`` x ``height`` working image of ``view``: same pose, pinhole ``K`` in OpenCV pixels."""
+        K = opencv_intrinsics(view.camera, width / view.width, height / view.height)
+        return cls(index, view.name, K, view.R.copy(), view.t.copy(), width, height, image_path, mask_path)
 
     @property
     def center(self) -> np.ndarray:
@@ -91,15 +100,6 @@ class ViewPlan:
     """Depth range to search (model units, camera z); 0 when the view has no sources."""
 
 
-def _working_intrinsics(camera: Any, scale_x: float, scale_y: float) -> np.ndarray:
-    """Pinhole K of the undistorted image at the working size, OpenCV pixel convention."""
-    fx, fy = float(camera.focal_length_x), float(camera.focal_length_y)
-    cx, cy = float(camera.principal_point_x), float(camera.principal_point_y)
-    return np.array(
-        [[fx * scale_x, 0.0, cx * scale_x - 0.5], [0.0, fy * scale_y, cy * scale_y - 0.5], [0.0, 0.0, 1.0]]
-    )
-
-
 def _undistort_maps(camera: Any, K: np.ndarray, width: int, height: int, scale_x: float, scale_y: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cv2.remap maps from the working image into the photo downscaled by (scale_x, scale_y).
 
@@ -118,12 +118,10 @@ def _undistort_maps(camera: Any, K: np.ndarray, width: int, height: int, scale_x
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    import cv2
-
-    tmp = path.with_name(path.stem + ".tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise ReconstructionFailed("dense", f"could not write {tmp}; check free disk space")
-    os.replace(tmp, path)
+    try:
+        write_png(path, image, channels="bgr")
+    except OSError as exc:
+        raise ReconstructionFailed("dense", str(exc)) from exc
 
 
 def prepare_views(
@@ -133,7 +131,7 @@ def prepare_views(
     max_image_size: int,
     progress: StageProgress,
     cancel: CancelToken,
-) -> list[View]:
+) -> list[PinholeView]:
     """Undistort and downscale every registered image of ``reconstruction`` into ``out_dir``.
 
     The working image has the photo's aspect ratio, its longest side at most ``max_image_size``
@@ -146,16 +144,17 @@ def prepare_views(
     out_dir.mkdir(parents=True, exist_ok=True)
     maps_by_camera: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     image_ids = sorted(reconstruction.reg_image_ids())
-    views: list[View] = []
+    views: list[PinholeView] = []
     for k, image_id in enumerate(image_ids):
         cancel.check()
         image = reconstruction.image(image_id)
-        camera = reconstruction.camera(image.camera_id)
-        w0, h0 = int(camera.width), int(camera.height)
+        colmap_view = ColmapView.from_image(image)
+        camera = colmap_view.camera
+        w0, h0 = colmap_view.width, colmap_view.height
         scale = min(1.0, max_image_size / max(w0, h0))
         width, height = max(1, round(w0 * scale)), max(1, round(h0 * scale))
         sx, sy = width / w0, height / h0
-        K = _working_intrinsics(camera, sx, sy)
+        K = opencv_intrinsics(camera, sx, sy)
 
         photo_path = images_dir / image.name
         photo = cv2.imread(str(photo_path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -181,13 +180,12 @@ def prepare_views(
                 _write_png(mask_path, valid.astype(np.uint8) * 255)
         image_path = out_dir / f"{k:05d}.png"
         _write_png(image_path, working)
-        pose = image.cam_from_world().matrix()
-        views.append(View(k, image.name, K, pose[:, :3].copy(), pose[:, 3].copy(), width, height, image_path, mask_path))
+        views.append(PinholeView.from_colmap(k, colmap_view, width, height, image_path, mask_path))
         progress((k + 1) / len(image_ids), f"undistorted {k + 1}/{len(image_ids)} images")
     return views
 
 
-def _observations(reconstruction: Any, views: list[View]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _observations(reconstruction: Any, views: list[PinholeView]) -> tuple[np.ndarray, list[np.ndarray]]:
     """(points (P, 3) world, per view the indices of the points it observes)."""
     index_of_image = {iid: k for k, iid in enumerate(sorted(reconstruction.reg_image_ids()))}
     point_ids = list(reconstruction.point3D_ids())
@@ -203,7 +201,7 @@ def _observations(reconstruction: Any, views: list[View]) -> tuple[np.ndarray, l
     return xyz, [np.unique(np.asarray(s, dtype=np.int64)) for s in seen]
 
 
-def _frustum_points(views: list[View]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _frustum_points(views: list[PinholeView]) -> tuple[np.ndarray, list[np.ndarray]]:
     """Stand-in scene points when the model has no 3D points (e.g. a model of known cameras).
 
     Assumes the photos look at a common object: the point nearest to all optical axes (least
@@ -237,7 +235,7 @@ def _frustum_points(views: list[View]) -> tuple[np.ndarray, list[np.ndarray]]:
     return pts, seen
 
 
-def _visible(view: View, pts: np.ndarray) -> np.ndarray:
+def _visible(view: PinholeView, pts: np.ndarray) -> np.ndarray:
     """Indices of ``pts`` in front of ``view`` and inside its image."""
     cam = pts @ view.R.T + view.t
     z = cam[:, 2]
@@ -258,7 +256,7 @@ def _angle_weight(angle_deg: np.ndarray) -> np.ndarray:
 
 
 def plan_views(
-    reconstruction: Any, views: list[View], num_source_views: int, check: Callable[[], None] = lambda: None
+    reconstruction: Any, views: list[PinholeView], num_source_views: int, check: Callable[[], None] = lambda: None
 ) -> tuple[list[ViewPlan], bool]:
     """Choose source views and a depth range for every view; returns (plans, used_sparse_points).
 
@@ -307,7 +305,7 @@ def plan_views(
     return plans, used_points
 
 
-def write_views_json(path: Path, views: list[View], plans: list[ViewPlan]) -> None:
+def write_views_json(path: Path, views: list[PinholeView], plans: list[ViewPlan]) -> None:
     """Record the working cameras and plans (for researchers inspecting the stage's folder)."""
     data = [
         {
@@ -324,12 +322,10 @@ def write_views_json(path: Path, views: list[View], plans: list[ViewPlan]) -> No
         }
         for v, p in zip(views, plans, strict=True)
     ]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
-def pixel_footprint(views: list[View], plans: list[ViewPlan]) -> float:
+def pixel_footprint(views: list[PinholeView], plans: list[ViewPlan]) -> float:
     """Median size of one working pixel on the surface (model units) at the middle of the depth range."""
     sizes = [
         math.sqrt(p.depth_min * p.depth_max) / float(v.K[0, 0])

@@ -11,17 +11,19 @@ taking GLB coordinates back into the ``sparse/`` frame -- is a rotation plus a t
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from pipelines import preview
+from pipelines.artifacts import SparseModel, Textured
 from pipelines.errors import ReconstructionFailed
+from pipelines.export import preview
+from pipelines.files import write_bytes_atomic, write_png
+from pipelines.geometry import sample_surface
 from pipelines.progress import CancelToken, StageProgress
-from pipelines.views import View, load_views
+from pipelines.views import ColmapView, load_views
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +34,6 @@ GROUND_MIN_SHARE = 0.1
 PREVIEW_SIZE = 512
 JPEG_QUALITY = 90
 """Quality of the base-colour texture embedded in the GLB (JPEG keeps phone downloads small)."""
-
-
-class Textured(Protocol):
-    mesh: Path
-    """``.npz`` written by the texture stage (see ``pipelines.texture.TextureResult``)."""
-    texture_path: Path | None
-    textured: bool
-
-
-class SparseModel(Protocol):
-    sparse_dir: Path
 
 
 @dataclass(frozen=True)
@@ -107,7 +98,7 @@ def run(textured: Textured, sparse: SparseModel, out_dir: Path, progress: StageP
 
     frame = _subject_box(model_vertices, faces) if up_source == "ground plane" else None
     image = preview.render(model_vertices, faces, uv=uv, texture=texture, vertex_colors=colours, size=PREVIEW_SIZE, frame=frame)
-    preview_path = preview.write_png(image, out_dir / "preview.png")
+    preview_path = write_png(out_dir / "preview.png", image)
     result = ExportResult(
         glb_path=glb_path,
         preview_path=preview_path,
@@ -124,7 +115,7 @@ def run(textured: Textured, sparse: SparseModel, out_dir: Path, progress: StageP
     return result
 
 
-def gravity_up(vertices: np.ndarray, faces: np.ndarray, views: list[View]) -> tuple[np.ndarray, str]:
+def gravity_up(vertices: np.ndarray, faces: np.ndarray, views: list[ColmapView]) -> tuple[np.ndarray, str]:
     """The world's up direction (unit, sparse frame) and what decided it.
 
     Starts from the mean of the cameras' up vectors (their -y axes); if one of the three largest
@@ -139,7 +130,7 @@ def gravity_up(vertices: np.ndarray, faces: np.ndarray, views: list[View]) -> tu
     camera_up = camera_up / np.linalg.norm(camera_up)
 
     rng = np.random.default_rng(0)
-    samples = _sample_surface(vertices, faces, 30_000, rng)
+    samples = sample_surface(vertices, faces, 30_000, rng)
     diagonal = float(np.linalg.norm(samples.max(axis=0) - samples.min(axis=0)))
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(samples))
     o3d.utility.random.seed(0)  # the same mesh always gives the same model frame
@@ -163,7 +154,7 @@ def gravity_up(vertices: np.ndarray, faces: np.ndarray, views: list[View]) -> tu
     return camera_up, "cameras"
 
 
-def _model_rotation(up: np.ndarray, vertices: np.ndarray, views: list[View]) -> np.ndarray:
+def _model_rotation(up: np.ndarray, vertices: np.ndarray, views: list[ColmapView]) -> np.ndarray:
     """Rotation (rows = model axes in sparse coordinates): +Y = up, +Z towards the first photo."""
     y = up / np.linalg.norm(up)
     towards = views[0].center - vertices.mean(axis=0)
@@ -183,7 +174,7 @@ def _subject_box(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     A wide ground patch would otherwise make the subject a speck in the thumbnail. ``None`` when
     nothing rises clearly above the ground.
     """
-    points = _sample_surface(vertices, faces, 20_000, np.random.default_rng(0))
+    points = sample_surface(vertices, faces, 20_000, np.random.default_rng(0))
     height = np.percentile(points[:, 1], 99)  # robust to a few spikes
     above = points[points[:, 1] > 0.25 * height]  # clear of a wavy or noisy ground
     if len(above) < 100 or height <= 0:
@@ -192,18 +183,6 @@ def _subject_box(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     lo[1] = 0.0
     margin = 0.15 * (hi - lo)
     return lo - margin, hi + margin
-
-
-def _sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` points spread uniformly by area over the mesh (decimation makes vertices uneven)."""
-    tri = vertices[faces]
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    pick = rng.choice(len(tri), size=n, p=area / area.sum())
-    a, b = rng.random(n), rng.random(n)
-    flip = a + b > 1
-    a[flip], b[flip] = 1 - a[flip], 1 - b[flip]
-    t = tri[pick]
-    return t[:, 0] + a[:, None] * (t[:, 1] - t[:, 0]) + b[:, None] * (t[:, 2] - t[:, 0])
 
 
 def _read_texture(path: Path | None) -> np.ndarray:
@@ -233,9 +212,7 @@ def _write_glb(path: Path, vertices: np.ndarray, faces: np.ndarray, normals: np.
         visual = trimesh.visual.ColorVisuals(vertex_colors=rgba)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, visual=visual, process=False)
     data = trimesh.exchange.gltf.export_glb(trimesh.Scene(mesh), include_normals=True)
-    tmp = path.with_name(f".{path.stem}.tmp.glb")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
 
 
 def _validate_glb(path: Path, num_faces: int, textured: bool) -> None:

@@ -7,7 +7,6 @@ from a 3/4 view (front-right, from above) and is placed so the bounding sphere f
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -97,20 +96,6 @@ def sample_texture(texture: np.ndarray, uv: np.ndarray) -> np.ndarray:
     my = np.pad(y, (0, pad)).reshape(rows, cols)
     out = cv2.remap(texture, mx, my, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(-1, texture.shape[2])[:n, :3].astype(np.float64) / 255.0
-
-
-def write_png(image: np.ndarray, path: Path) -> Path:
-    """Write an RGB uint8 image as PNG via a temporary name and rename."""
-    import os
-
-    import cv2
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(image[:, :, ::-1])):
-        raise OSError(f"could not write {tmp}")
-    os.replace(tmp, path)
-    return path
 
 
 def _pinhole_rays(eye: np.ndarray, target: np.ndarray, up: np.ndarray, fov_deg: float, size: int) -> np.ndarray:

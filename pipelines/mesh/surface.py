@@ -17,18 +17,20 @@ All coordinates stay in the sparse model's frame and units.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from pipelines.artifacts import DensePoints, SparseModel
 from pipelines.errors import ReconstructionFailed
+from pipelines.files import atomic_path
+from pipelines.geometry import face_adjacency, face_areas
+from pipelines.mesh.poisson import PoissonProcess
 from pipelines.options import MeshOptions
-from pipelines.poisson import PoissonProcess
 from pipelines.progress import CancelToken, StageProgress
-from pipelines.views import View, convergence, load_views
+from pipelines.views import ColmapView, convergence, load_views
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +52,6 @@ ZBUFFER_CELL_POINTS = 3.0
 """Width of a z-buffer cell for the visibility test, in point spacings (fewer leaves holes)."""
 ZBUFFER_DEPTH_TOLERANCE = 0.03
 """A point this much (relative depth) behind the nearest point in its z-buffer cell is occluded."""
-
-
-class DensePoints(Protocol):
-    points_path: Path
-    """PLY of the fused cloud with colours and normals, sparse-model frame."""
-
-
-class SparseModel(Protocol):
-    sparse_dir: Path
-    """COLMAP model (``pycolmap.Reconstruction(sparse_dir)``)."""
-    images_dir: Path
-    """The working images the model's image names refer to."""
 
 
 @dataclass(frozen=True)
@@ -168,10 +158,9 @@ def _run(points: DensePoints, sparse: SparseModel, work_dir: Path, options: Mesh
     progress(0.95, "writing mesh")
 
     mesh_path = work_dir / "mesh.ply"
-    tmp = work_dir / "mesh.tmp.ply"
-    if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_ascii=False):
-        raise ReconstructionFailed("mesh", f"could not write {tmp}; check free disk space")
-    os.replace(tmp, mesh_path)
+    with atomic_path(mesh_path) as tmp:
+        if not o3d.io.write_triangle_mesh(str(tmp), mesh, write_ascii=False):
+            raise ReconstructionFailed("mesh", f"could not write {mesh_path}; check free disk space")
     result = MeshResult(
         mesh_path=mesh_path,
         num_vertices=len(mesh.vertices),
@@ -223,7 +212,7 @@ def _merge_on_grid(xyz: np.ndarray, normals: np.ndarray, colours: np.ndarray, vo
     return mean, normals[first], col
 
 
-def _region_of_interest(xyz: np.ndarray, views: list[View], depth_factor: float, sample: int = 200_000) -> np.ndarray:
+def _region_of_interest(xyz: np.ndarray, views: list[ColmapView], depth_factor: float, sample: int = 200_000) -> np.ndarray:
     """Mask of the points in the region the photos observe well.
 
     A point counts when at least two views have it in their image and the nearest of those is
@@ -261,7 +250,7 @@ def _region_of_interest(xyz: np.ndarray, views: list[View], depth_factor: float,
     return near_target & np.all((xyz >= lo - pad) & (xyz <= hi + pad), axis=1)
 
 
-def _orient_towards_cameras(xyz: np.ndarray, normals: np.ndarray, views: list[View], spacing: float, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray]:
+def _orient_towards_cameras(xyz: np.ndarray, normals: np.ndarray, views: list[ColmapView], spacing: float, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray]:
     """Which points at least two views have in their image, and which normals must flip.
 
     Each view where a point is *visible* (no other point clearly in front of it in a coarse
@@ -304,7 +293,7 @@ def _far_from_points(vertices: np.ndarray, xyz: np.ndarray, distance: float) -> 
     return ~np.isfinite(dist)
 
 
-def _seen_by_any(points: np.ndarray, views: list[View]) -> np.ndarray:
+def _seen_by_any(points: np.ndarray, views: list[ColmapView]) -> np.ndarray:
     seen = np.zeros(len(points), dtype=bool)
     for view in views:
         uv, depth = view.project(points)
@@ -327,17 +316,12 @@ def _remove_small_components(mesh: Any, min_fraction: float) -> tuple[Any, int]:
         return mesh, 0
     verts = np.asarray(mesh.vertices)
     n, f = len(verts), len(faces)
-    a = faces.reshape(-1).astype(np.int64)
-    b = faces[:, [1, 2, 0]].reshape(-1).astype(np.int64)
-    key = np.minimum(a, b) * n + np.maximum(a, b)
-    order = np.argsort(key, kind="stable")
-    same = np.flatnonzero(key[order][1:] == key[order][:-1])  # consecutive corners on one edge
-    src, dst = order[same] // 3, order[same + 1] // 3
+    src, dst = face_adjacency(faces, n)
     graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(f, f))
     count, label = connected_components(graph, directed=False)
     if count == 1:
         return mesh, 0
-    area = 0.5 * np.linalg.norm(np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]]), axis=1)
+    area = face_areas(verts, faces)
     piece_area = np.bincount(label, weights=area, minlength=count)
     small = piece_area < min_fraction * piece_area.max()
     if small.any():

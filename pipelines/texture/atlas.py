@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipelines.geometry import face_neighbours
+
 AXES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
 MIN_AXIS_COSINE = 0.25
 """Label smoothing never gives a face an axis more than ~75 deg from its normal."""
@@ -98,25 +100,6 @@ def build_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int
         texel_size=texel_size,
         fill=fill,
     )
-
-
-def face_neighbours(faces: np.ndarray, num_vertices: int) -> np.ndarray:
-    """(F, 3) the face across each edge (v0v1, v1v2, v2v0), -1 on borders and non-manifold edges."""
-    f = len(faces)
-    a = faces.reshape(-1)
-    b = faces[:, [1, 2, 0]].reshape(-1)
-    key = np.minimum(a, b).astype(np.int64) * num_vertices + np.maximum(a, b)
-    order = np.argsort(key, kind="stable")
-    k = key[order]
-    same = k[1:] == k[:-1]
-    # an edge shared by exactly two faces: equal to the next, and not equal to the one after
-    pair = same & np.append(~same[1:], True) & np.insert(~same[:-1], 0, True)
-    i = np.flatnonzero(pair)
-    e0, e1 = order[i], order[i + 1]
-    out = np.full(3 * f, -1, dtype=np.int64)
-    out[e0] = e1 // 3
-    out[e1] = e0 // 3
-    return out.reshape(f, 3)
 
 
 def _smooth_labels(label: np.ndarray, normals: np.ndarray, neighbours: np.ndarray) -> np.ndarray:

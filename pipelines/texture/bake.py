@@ -1,6 +1,6 @@
 """Texturing (stage 6): a UV atlas and a texture baked from the photos.
 
-Every texel of the atlas (see :mod:`pipelines.uv_atlas`) knows its face and its 3D point. Each face
+Every texel of the atlas (see :mod:`pipelines.texture.atlas`) knows its face and its 3D point. Each face
 ranks the photos that see it (in the image, not occluded by the mesh, facing the camera) by
 ``cos^2 * focal / depth`` -- frontal and close views first -- and keeps up to ``MAX_BLEND_VIEWS``
 that score within ``BLEND_RATIO`` of the best. A texel's colour is the weighted mean of those
@@ -17,19 +17,21 @@ If baking is disabled or fails, the result keeps vertex colours and says why
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from pipelines.artifacts import SparseModel, Surface
 from pipelines.errors import Cancelled, ReconstructionFailed
+from pipelines.files import atomic_path, write_png
+from pipelines.geometry import face_areas, vertex_normals
 from pipelines.options import TextureOptions
 from pipelines.progress import CancelToken, StageProgress
-from pipelines.texture_blend import IMAGE_MARGIN, exposure_gains, push_pull_fill, sample_photo
-from pipelines.uv_atlas import Atlas, build_atlas
-from pipelines.views import View, load_views
+from pipelines.texture.atlas import Atlas, build_atlas
+from pipelines.texture.blend import IMAGE_MARGIN, exposure_gains, push_pull_fill, sample_photo
+from pipelines.views import ColmapView, load_views
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +45,6 @@ PADDING_TEXELS = 2
 """Free texels around each chart, filled by push-pull (bilinear and the first mip levels stay clean)."""
 TEXELS_PER_CHUNK = 1 << 21
 """Texels rasterized and baked at a time (bounds memory; about a second of work on 2 cores)."""
-
-
-class Surface(Protocol):
-    mesh_path: Path
-    """PLY triangle mesh with vertex colours, sparse-model frame."""
-
-
-class SparseModel(Protocol):
-    sparse_dir: Path
-    images_dir: Path
 
 
 @dataclass(frozen=True)
@@ -163,10 +155,10 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
     push_pull_fill(texture, known.reshape(size, size))
     progress(0.95, "writing texture")
 
-    texture_path = _write_png(work_dir / "texture.png", texture)
+    texture_path = write_png(work_dir / "texture.png", texture, compression=1)
     seen = candidates[:, 0] >= 0
-    area = _face_areas(vertices, faces)
-    mesh_path = _write_npz(work_dir / "textured_mesh.npz", vertices[atlas.source], atlas.faces, _vertex_normals(vertices, faces)[atlas.source], colours[atlas.source], atlas.uv_gl())
+    area = face_areas(vertices, faces)
+    mesh_path = _write_npz(work_dir / "textured_mesh.npz", vertices[atlas.source], atlas.faces, vertex_normals(vertices, faces)[atlas.source], colours[atlas.source], atlas.uv_gl())
     result = TextureResult(
         mesh=mesh_path,
         texture_path=texture_path,
@@ -195,7 +187,7 @@ def _bake_texels(
     colours: np.ndarray,
     candidates: np.ndarray,
     vertex_weight: np.ndarray,
-    views: list[View],
+    views: list[ColmapView],
     images: list[np.ndarray],
     gains: np.ndarray,
 ) -> np.ndarray:
@@ -241,7 +233,7 @@ def _raycaster(vertices: np.ndarray, faces: np.ndarray) -> Any:
     return scene
 
 
-def _rank_views(vertices: np.ndarray, faces: np.ndarray, views: list[View], scene: Any, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray]:
+def _rank_views(vertices: np.ndarray, faces: np.ndarray, views: list[ColmapView], scene: Any, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray]:
     """Per face, up to ``MAX_BLEND_VIEWS`` view indices (-1 = none) and their weights in 0..1.
 
     A view sees a face when the face's centroid is inside its image, nothing of the mesh is in
@@ -294,7 +286,7 @@ def _vertex_weights(faces: np.ndarray, num_vertices: int, candidates: np.ndarray
     return per_vertex / np.maximum(count, 1.0)[None, :]
 
 
-def _read_image(path: Path, view: View) -> np.ndarray:
+def _read_image(path: Path, view: ColmapView) -> np.ndarray:
     """RGB uint8 image of a view (uint8 keeps 50 photos of 1600 px in ~300 MB); its size must match the camera's."""
     import cv2
 
@@ -334,31 +326,6 @@ def _rasterize(scene: Any, size: int, start: int, stop: int) -> tuple[np.ndarray
     return index[ok], face[ok], bary
 
 
-def _face_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    return 0.5 * np.linalg.norm(np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]), axis=1)
-
-
-def _vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals (unit, as glTF requires), following the faces' winding."""
-    fn = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
-    vn = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
-    length = np.linalg.norm(vn, axis=1, keepdims=True)
-    vn = np.where(length > 1e-30, vn / np.maximum(length, 1e-30), [0.0, 0.0, 1.0])  # only zero-area faces around: any unit vector
-    return vn.astype(np.float32)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> Path:
-    import cv2
-
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-        raise OSError(f"could not write {tmp}; check free disk space")
-    os.replace(tmp, path)
-    return path
-
-
 def _write_npz(path: Path, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, colours: np.ndarray, uv: np.ndarray | None) -> Path:
     arrays: dict[str, np.ndarray] = {
         "vertices": np.asarray(vertices, dtype=np.float64),
@@ -368,13 +335,12 @@ def _write_npz(path: Path, vertices: np.ndarray, faces: np.ndarray, normals: np.
     }
     if uv is not None:
         arrays["uv"] = np.asarray(uv, dtype=np.float32)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
     return path
 
 
 def _write_untextured(work_dir: Path, vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, reason: str) -> TextureResult:
     logger.info("texture: keeping vertex colours (%s)", reason)
-    path = _write_npz(work_dir / "textured_mesh.npz", vertices, faces, _vertex_normals(vertices, faces), colours, None)
+    path = _write_npz(work_dir / "textured_mesh.npz", vertices, faces, vertex_normals(vertices, faces), colours, None)
     return TextureResult(mesh=path, texture_path=None, textured=False, texture_size=0, fallback_reason=reason, num_vertices=len(vertices), num_faces=len(faces))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.views import View
+from pipelines.views import ColmapView
 
 IMAGE_MARGIN = 2.0
 """Pixels at the image border (px) are not sampled (demosaicing and lens artefacts)."""
@@ -21,7 +21,7 @@ MIN_PAIR_SAMPLES = 20
 """Two photos must share this many faces before their brightness ratio is trusted."""
 
 
-def sample_photo(image: np.ndarray, view: View, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sample_photo(image: np.ndarray, view: ColmapView, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear RGB (N, 3) of the image at the projections of world points (N, 3), and validity."""
     import cv2
 
@@ -38,7 +38,7 @@ def sample_photo(image: np.ndarray, view: View, points: np.ndarray) -> tuple[np.
     return out.reshape(-1, 3)[:n].astype(np.float32) / 255.0, ok
 
 
-def exposure_gains(vertices: np.ndarray, faces: np.ndarray, candidates: np.ndarray, views: list[View], images: list[np.ndarray]) -> np.ndarray:
+def exposure_gains(vertices: np.ndarray, faces: np.ndarray, candidates: np.ndarray, views: list[ColmapView], images: list[np.ndarray]) -> np.ndarray:
     """Per-view RGB gains (views, 3) that make overlapping photos agree (auto exposure, white balance).
 
     Wherever a face is coloured by two photos, the ratio of their colours at its centroid says

@@ -10,7 +10,7 @@ then makes the document say what the service really does:
 * the real bodies of ``GET /options`` (``OptionsCatalog``) and of a not-ready ``/readyz`` (503);
 * the two callbacks the service sends to the backend, as ``webhooks``, with their bearer token.
 
-``python -m recon_service.openapi`` prints it; ``make openapi`` writes the committed
+``python -m recon_service.api.openapi`` prints it; ``make openapi`` writes the committed
 ``openapi.json``, which ``tests/service/test_openapi.py`` compares with the served document.
 """
 
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from recon_service.auth import PUBLIC_PATHS
-from recon_service.schemas import CallbackBody, ErrorBody, OptionsCatalog
+from recon_service.api.auth import PUBLIC_PATHS
+from recon_service.contract import CallbackBody, ErrorBody, OptionsCatalog
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -179,7 +179,7 @@ def _webhook_routes() -> list[APIRoute]:
 @contextmanager
 def throwaway_app() -> Iterator[FastAPI]:
     """A service app built with throw-away settings and folders; nothing is started."""
-    from recon_service.app import create_app
+    from recon_service.api.app import create_app
     from recon_service.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="recon-openapi-") as tmp:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from recon_service.auth import ensure_token
+from recon_service.api.auth import ensure_token
 from recon_service.logs import JOB_LOG_DIR, configure_logging
 from recon_service.settings import SettingsError, load_settings
 
@@ -31,7 +31,7 @@ def main() -> int:
 
     import uvicorn
 
-    from recon_service.app import create_app
+    from recon_service.api.app import create_app
 
     uvicorn.run(
         create_app(settings),

@@ -1,6 +1,6 @@
-"""Executors: who runs ``jobs.run_job`` where.
+"""The embedded executor: each job in a process of its own on this machine.
 
-The service talks to an :class:`Executor` only. :class:`LocalProcessExecutor` runs each job in
+The service talks to an :class:`~recon_service.jobs.executor.Executor` only. :class:`LocalProcessExecutor` runs each job in
 its own spawned process, at most ``RECON_MAX_WORKERS`` at once, oldest queued job first (the
 queue itself is the durable store). It watches its processes: a worker that dies without a
 result (exception, segfault, SIGKILL by the OOM killer) fails only its own job; a cancelled or
@@ -15,11 +15,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from recon_service import jobs
+from recon_service.jobs import messages, runner
+from recon_service.jobs.records import JobState
+from recon_service.jobs.store import Store
 from recon_service.settings import Settings
-from recon_service.store import JobState, Store
 
 logger = logging.getLogger(__name__)
 
@@ -27,28 +28,6 @@ TICK_S = 0.2
 """Scheduler period: reaping, cancel/timeout enforcement and claiming (seconds)."""
 KILL_AFTER_TERM_S = 1.0
 """After SIGTERM, seconds before a worker that is still alive gets SIGKILL."""
-
-
-class Executor(Protocol):
-    """Runs queued jobs. A distributed engine implements the same four calls (see README)."""
-
-    def start(self) -> None:
-        """Begin running queued jobs (called once the store has recovered after a restart)."""
-
-    def submit(self, job_id: str) -> None:
-        """A job was queued in the store: run it when a worker is free (FIFO)."""
-
-    def cancel(self, job_id: str) -> None:
-        """The job's cancel flag is set in the store: make sure its worker stops within 5 s."""
-
-    def running(self) -> list[str]:
-        """Ids of the jobs whose workers are running now."""
-
-    def alive(self) -> bool:
-        """Whether the executor can still start and supervise jobs (for ``/readyz``)."""
-
-    def shutdown(self) -> None:
-        """Stop every worker; their jobs are queued again and re-run at the next start."""
 
 
 @dataclass
@@ -134,9 +113,9 @@ class LocalProcessExecutor:
             if job is not None and job.state is JobState.RUNNING and job.attempts == w.attempt:
                 # The worker died without recording a result: fail its job (output first, so
                 # nobody sees a failed job with partial output).
-                jobs.remove_output(self._settings.job_output_dir(w.job_id))
+                runner.remove_output(self._settings.job_output_dir(w.job_id))
                 reason = job.cancel_reason if job.cancel_requested else None
-                message = jobs.stopped_message(reason, self._settings) if reason is not None else jobs.message_for_exit(exitcode)
+                message = messages.stopped_message(reason, self._settings) if reason is not None else messages.message_for_exit(exitcode)
                 # Logged before the job fails, so the job's log tail explains the failure as soon as anyone sees it.
                 logger.warning("job=%s worker pid=%s ended with exit code %s: %s", w.job_id, w.process.pid, exitcode, message)
                 self._store.fail(w.job_id, w.attempt, message=message, cancelled=reason is not None and reason != "timeout")
@@ -174,7 +153,7 @@ class LocalProcessExecutor:
             if job is None:
                 return
             process = self._ctx.Process(
-                target=jobs.worker_main,
+                target=runner.worker_main,
                 args=(job.job_id, job.attempts, self._settings, os.getpid()),
                 name=f"job-{job.job_id[:8]}",
             )

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format, from the store and the server process's own counters.
+"""The service's Prometheus metrics, from the store and the server process's own counters (served at ``GET /metrics``).
 
 Workers are separate, short-lived processes, so nothing here reads worker-process state: job and
 queue numbers and stage durations come from the store (the source of truth, which also survives
@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -133,17 +132,3 @@ class ServiceMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
-
-
-router = APIRouter()
-
-TEXT_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Prometheus text exposition format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}
-}
-
-
-@router.get("/metrics", response_class=Response, responses=TEXT_RESPONSE)
-def get_metrics(request: Request) -> Response:
-    """Service metrics in Prometheus text format (needs the bearer token like every other endpoint)."""
-    metrics: ServiceMetrics = request.app.state.metrics
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
+from recon_service.contract import CallbackBody
+from recon_service.jobs.records import Callback
+from recon_service.jobs.store import Store
 from recon_service.settings import Settings
-from recon_service.store import Callback, Store
 
 if TYPE_CHECKING:
-    from recon_service.metrics import CallbackCounters
+    from recon_service.jobs.metrics import CallbackCounters
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ class CallbackDispatcher:
 
     async def _deliver(self, client: httpx.AsyncClient, limits: asyncio.Semaphore, cb: Callback, *, copies: int, delay: float) -> None:
         url = f"{self._base_url}/internal/reconstruction/{cb.kind}"
+        body = callback_body(cb)
         try:
             for _ in range(copies):
                 if delay:
@@ -141,7 +144,7 @@ class CallbackDispatcher:
                 async for attempt in self.retry_policy(cb):
                     with attempt:
                         async with limits:
-                            await self._post(client, url, cb.body)
+                            await self._post(client, url, body)
         except CallbackError as exc:
             if self._stopping:
                 return  # still pending: delivered after the next start
@@ -200,3 +203,8 @@ class CallbackDispatcher:
             await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
         except TimeoutError:
             pass
+
+
+def callback_body(cb: Callback) -> dict[str, Any]:
+    """The contract's body (exactly its five fields) for the job state an outbox row recorded."""
+    return CallbackBody.model_validate(cb.body).model_dump(mode="json")

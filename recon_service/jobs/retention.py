@@ -25,8 +25,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from recon_service.jobs.records import JobState
+from recon_service.jobs.store import Store
 from recon_service.settings import Settings
-from recon_service.store import JobState, Store
 
 logger = logging.getLogger(__name__)
 

@@ -1,30 +1,30 @@
-"""The job function: runs one claimed job inside a worker process, and the job messages.
+"""The job function: runs one claimed job inside a worker process.
 
 ``run_job(job_id, settings)`` is what any executor runs (a local process today; a Celery or Ray
 task would call the same function). It loads the job from the store, runs the selected pipeline
 with progress written back to the store and a cancel flag polled from it, and records the
-result. This is the only place that turns pipeline errors and worker exits into job messages.
+result; :mod:`~recon_service.jobs.messages` words every outcome.
 """
 
 from __future__ import annotations
 
-import errno
 import importlib
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import Cancelled, InvalidInput, InvalidOptions, ReconError, ReconstructionFailed
+from pipelines.errors import Cancelled, InvalidInput, ReconError
 from pipelines.progress import CancelToken, ProgressEvent
 from recon_service import logs
+from recon_service.jobs.messages import disk_full, mark, message_for_error, newest_file, stopped_message
+from recon_service.jobs.records import JobState
+from recon_service.jobs.store import Store, open_store
 from recon_service.settings import Settings
-from recon_service.store import JobState, Store
 
 logger = logging.getLogger(__name__)
 
@@ -34,103 +34,16 @@ PIPELINES: dict[str, str] = {
 }
 """RECON_PIPELINE → the ``reconstruct`` function (imported in the worker only: it is heavy)."""
 
-MAX_ATTEMPTS = 3
-"""A job interrupted by this many service restarts is failed instead of re-run again."""
 CANCEL_POLL_S = 0.25
 """How often a worker reads its job's cancel flag (seconds)."""
 PROGRESS_WRITE_S = 0.5
 """A worker writes progress to the store at most this often, plus at every stage change (seconds)."""
-SIMULATED = " [simulated: RECON_PIPELINE=simulate, no real reconstruction]"
 
 
-# -- messages ------------------------------------------------------------------------------------
-def message_for_error(exc: BaseException, *, writing: Path | None = None) -> str:
-    """The job message for an exception that ended a pipeline run (``writing``: the file being written, if known)."""
-    full = _disk_full(exc)
-    if full is not None:
-        target = full.filename or writing
-        where = f"writing {target}" if target else "writing the job's files"
-        return (
-            f"no space left on device while {where}; free space under MODEL_OUTPUT_ROOT "
-            "(or set RECON_RETENTION_S to remove old jobs' files) and submit the job again"
-        )
-    if isinstance(exc, Cancelled):
-        return "cancelled"
-    if isinstance(exc, InvalidOptions):
-        return f"invalid options: {exc}"
-    if isinstance(exc, ReconstructionFailed):
-        return f"{exc.stage}: {exc.message}"
-    if isinstance(exc, (InvalidInput, ReconError)):
-        return str(exc)
-    if isinstance(exc, MemoryError):
-        return "ran out of memory; try the preview preset, fewer photos or a machine with more memory"
-    return f"internal error ({type(exc).__name__}: {exc}); see the service log and report it"
-
-
-def _disk_full(exc: BaseException) -> OSError | None:
-    """The ENOSPC/EDQUOT error behind ``exc`` (stages wrap library errors), or ``None``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
-            return current
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def _newest_file(folder: Path) -> Path | None:
-    """The most recently modified file under ``folder``: the one a failed write was writing."""
-    newest: tuple[float, Path] | None = None
-    for path in folder.rglob("*") if folder.is_dir() else ():
-        try:
-            if path.is_file() and (newest is None or path.stat().st_mtime >= newest[0]):
-                newest = (path.stat().st_mtime, path)
-        except OSError:
-            continue
-    return newest[1] if newest else None
-
-
-def message_for_exit(exitcode: int | None) -> str:
-    """The job message for a worker process that ended without recording a result."""
-    if exitcode == -signal.SIGKILL:
-        return "worker was killed, probably out of memory; try the preview preset or fewer photos"
-    if exitcode is not None and exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        return f"worker crashed ({name}); see the service log and report it"
-    return f"worker exited with code {exitcode} without a result; see the service log"
-
-
-def timeout_message(settings: Settings) -> str:
-    return f"timed out after {settings.job_timeout_s:g} s (RECON_JOB_TIMEOUT_S); try the preview preset or fewer photos"
-
-
-def stopped_message(reason: str | None, settings: Settings) -> str:
-    """The message of a job stopped on request: by its user, or by the time limit."""
-    return timeout_message(settings) if reason == "timeout" else "cancelled"
-
-
-GIVE_UP_MESSAGE = (
-    f"interrupted by {MAX_ATTEMPTS} service restarts while running; submit it again with a new job_id"
-)
-
-
-# -- the job function ----------------------------------------------------------------------------
 def load_pipeline(name: str) -> Callable[..., Any]:
     """The ``reconstruct`` function of pipeline ``name`` (``real`` or ``simulate``)."""
     module, _, attr = PIPELINES[name].partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def open_store(settings: Settings) -> Store:
-    return Store(
-        settings.db_path,
-        callbacks=settings.callback_url is not None,
-        progress_callback_interval_s=settings.progress_callback_interval_s,
-    )
 
 
 def remove_output(out_dir: Path) -> None:
@@ -162,7 +75,7 @@ def run_job(job_id: str, settings: Settings, *, attempt: int | None = None, pare
     try:
         from pipelines.options import build_options
 
-        _check_photos_unchanged(Path(job.photos_dir), settings)
+        _check_photos_inside_root(Path(job.photos_dir), settings)
         pipeline = load_pipeline(settings.pipeline)
         flat = dict(job.options)
         options = build_options(flat.pop("preset"), flat)
@@ -174,7 +87,7 @@ def run_job(job_id: str, settings: Settings, *, attempt: int | None = None, pare
         result = pipeline(Path(job.photos_dir), out_dir, options, writer, cancel, **extra)
     except BaseException as exc:
         watcher.stop()
-        writing = _newest_file(out_dir) if _disk_full(exc) is not None else None  # before the output is removed
+        writing = newest_file(out_dir) if disk_full(exc) is not None else None  # before the output is removed
         remove_output(out_dir)
         if isinstance(exc, Exception):  # logged before the job fails: its log tail then explains the failure
             logger.info("job=%s attempt=%d failed after %.1f s: %s", job_id, attempt, time.monotonic() - started, exc)
@@ -182,22 +95,22 @@ def run_job(job_id: str, settings: Settings, *, attempt: int | None = None, pare
             reason = store.cancel_reason(job_id)
             store.fail(job_id, attempt, message=stopped_message(reason, settings), cancelled=reason != "timeout")
         elif isinstance(exc, (ReconError, MemoryError)):
-            store.fail(job_id, attempt, message=_mark(message_for_error(exc, writing=writing), settings))
+            store.fail(job_id, attempt, message=mark(message_for_error(exc, writing=writing), settings))
         elif isinstance(exc, Exception):
             logger.exception("job=%s crashed", job_id)
-            store.fail(job_id, attempt, message=_mark(message_for_error(exc, writing=writing), settings))
+            store.fail(job_id, attempt, message=mark(message_for_error(exc, writing=writing), settings))
         else:  # KeyboardInterrupt, SystemExit: the process is going away; the server decides
             raise
         return
     watcher.stop()
-    artifacts = {name: str(Path(path).resolve()) for name, path in result.artifacts.items()}
-    store.complete(job_id, attempt, model_path=str(Path(result.model_path).resolve()), artifacts=artifacts,
-                   message=_mark("completed", settings))  # fmt: skip
+    artifacts = {name: Path(path).resolve().as_uri() for name, path in result.artifacts.items()}
+    store.complete(job_id, attempt, model_uri=Path(result.model_path).resolve().as_uri(), artifacts=artifacts,
+                   message=mark("completed", settings))  # fmt: skip
     logger.info("job=%s attempt=%d completed in %.1f s", job_id, attempt, time.monotonic() - started)
 
 
 def worker_main(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> None:
-    """Entry point of a worker process started by ``workers.LocalProcessExecutor``."""
+    """Entry point of a worker process started by :class:`~recon_service.jobs.local.LocalProcessExecutor`."""
     stderr = logs.capture_native_stderr()
     logs.configure_logging(settings.log_level, settings.log_format, job_log_dir=settings.data_dir / logs.JOB_LOG_DIR, stream=stderr)
     logs.bind_job(job_id)
@@ -221,19 +134,10 @@ def _lower_priority(priority: str) -> None:
         logger.info("job=%s could not lower the worker's CPU priority to %s", logs.bound_job(), priority)
 
 
-def _check_photos_unchanged(photos_dir: Path, settings: Settings) -> None:
-    """Refuse to run on a photos folder that vanished or was tampered with after submission."""
-    from recon_service.submission import photo_problem
-
-    if not photos_dir.is_dir():
-        raise InvalidInput(f"photos_dir {photos_dir} no longer exists (removed after submission); upload the photos again and submit a new job")
-    problem = photo_problem(photos_dir, settings.photos_root)
-    if problem is not None:
-        raise InvalidInput(f"photos_dir changed after submission: {problem}")
-
-
-def _mark(message: str, settings: Settings) -> str:
-    return message + SIMULATED if settings.simulated else message
+def _check_photos_inside_root(photos_dir: Path, settings: Settings) -> None:
+    """The folder must still resolve inside RECON_PHOTOS_ROOT (photos themselves are opened without following links)."""
+    if not photos_dir.resolve().is_relative_to(settings.photos_root):
+        raise InvalidInput(f"photos_dir {photos_dir} now resolves outside the allowed photos root (RECON_PHOTOS_ROOT); upload the photos again")
 
 
 class _ProgressWriter:

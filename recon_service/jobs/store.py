@@ -1,9 +1,11 @@
 """The durable job store: jobs and the callback outbox in one SQLite database (WAL).
 
-All SQL of the service lives here. Every change of a job goes through :meth:`Store._save`, which
-enforces the allowed transitions, keeps ``progress`` monotonic and ``status`` moving forward, and
-queues the matching callback in the same transaction, so a crash can never lose a callback for a
-change that was committed (or deliver one for a change that was not).
+All SQL of the service lives here (the schema itself in :mod:`~recon_service.jobs.migrations`). Every
+change of a job goes through :meth:`Store._save`, which enforces the allowed transitions
+(:mod:`~recon_service.jobs.records`), keeps ``progress`` monotonic and ``status`` moving forward,
+and queues the matching callback -- a snapshot of the job's state, not an HTTP body (the outbox
+renders that) -- in the same transaction, so a crash can never lose a callback for a change that
+was committed (or deliver one for a change that was not).
 
 Several processes use the database at once: the server, its worker processes (progress and
 results), and a restarted server after ``kill -9``. Writes of a worker are fenced by the job's
@@ -12,181 +14,44 @@ attempt number, so a stale worker can never overwrite the job after it was re-ru
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from recon_service.schemas import ContractStatus, callback_body
+from recon_service.contract import ContractStatus
+from recon_service.jobs.migrations import migrate
+from recon_service.jobs.records import (
+    JOB_COLUMNS,
+    MAX_RUNNING_PROGRESS,
+    PHASE_RANK,
+    TRANSITIONS,
+    Callback,
+    CancelOutcome,
+    InvalidTransition,
+    JobRecord,
+    JobState,
+    NewJob,
+    callback_from_row,
+    canonical_json,
+    encode,
+)
 
-SCHEMA_VERSION = 2  # 2: stage_runs (a new table, created in place on older databases)
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,   -- FIFO order
-    job_id              TEXT NOT NULL UNIQUE,
-    request             TEXT NOT NULL,      -- canonical JSON of the submitted payload (idempotency)
-    dataset_name        TEXT NOT NULL,
-    photo_count         INTEGER NOT NULL,
-    photos_dir          TEXT NOT NULL,      -- resolved, checked against RECON_PHOTOS_ROOT
-    notes               TEXT,
-    options             TEXT NOT NULL,      -- resolved flat options
-    simulate            TEXT,               -- simulate scenario, only in simulate mode
-    state               TEXT NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed')),
-    status              TEXT NOT NULL,      -- the contract status (see JobState)
-    stage               TEXT,
-    progress            REAL NOT NULL DEFAULT 0,
-    message             TEXT NOT NULL,
-    eta_seconds         REAL,
-    model_path          TEXT,
-    artifacts           TEXT NOT NULL DEFAULT '{}',
-    cancel_requested    INTEGER NOT NULL DEFAULT 0,
-    cancel_reason       TEXT,               -- 'user' or 'timeout'
-    cancelled           INTEGER NOT NULL DEFAULT 0,
-    attempts            INTEGER NOT NULL DEFAULT 0,
-    created_at          REAL NOT NULL,      -- Unix seconds
-    updated_at          REAL NOT NULL,
-    started_at          REAL,
-    finished_at         REAL,
-    last_progress_cb_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
-CREATE TABLE IF NOT EXISTS callbacks (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,        -- delivery order per job
-    job_id      TEXT NOT NULL,
-    kind        TEXT NOT NULL CHECK (kind IN ('status', 'progress')),
-    body        TEXT NOT NULL,
-    state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'failed')),
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS callbacks_by_state ON callbacks (state, job_id, id);
-CREATE TABLE IF NOT EXISTS stage_runs (                  -- one row per pipeline stage of each attempt
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id      TEXT NOT NULL,
-    attempt     INTEGER NOT NULL,
-    stage       TEXT NOT NULL,
-    started_at  REAL NOT NULL,      -- Unix seconds (service clock), when the worker reported the stage
-    ended_at    REAL,               -- when the next stage began or the attempt ended; NULL while it runs
-    outcome     TEXT CHECK (outcome IN ('done', 'failed', 'cancelled', 'interrupted')),
-    closed_seq  INTEGER             -- order in which rows were closed (readers consume them incrementally)
-);
-CREATE INDEX IF NOT EXISTS stage_runs_open ON stage_runs (job_id) WHERE ended_at IS NULL;
-CREATE INDEX IF NOT EXISTS stage_runs_closed ON stage_runs (closed_seq);
-"""
+if TYPE_CHECKING:
+    from recon_service.settings import Settings
 
 
-class JobState(StrEnum):
-    """Where a job is in its life; the contract ``status`` is derived from it (and the phase)."""
-
-    QUEUED = "queued"  # waiting for a worker slot: new, or interrupted by a service restart
-    RUNNING = "running"  # a worker owns it; status is its phase (processing/meshing/texturing)
-    COMPLETED = "completed"  # model.glb written; final
-    FAILED = "failed"  # error, crash, timeout or cancel; final
-
-
-_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED}),
-    JobState.RUNNING: frozenset({JobState.COMPLETED, JobState.FAILED, JobState.QUEUED}),
-    JobState.COMPLETED: frozenset(),
-    JobState.FAILED: frozenset(),
-}
-_PHASE_RANK = {ContractStatus.QUEUED: 0, ContractStatus.PROCESSING: 1, ContractStatus.MESHING: 2, ContractStatus.TEXTURING: 3}
-MAX_RUNNING_PROGRESS = 0.999  # 1.0 means completed, and only completed
-
-
-class InvalidTransition(RuntimeError):
-    """A programming error: the code tried a change the job state machine forbids."""
-
-
-class CancelOutcome(StrEnum):
-    NOT_FOUND = "not_found"
-    CANCELLED = "cancelled"  # was queued: failed now, never starts
-    STOPPING = "stopping"  # was running: the worker was asked to stop
-    ALREADY = "already"  # cancelled before: nothing to do
-    FINISHED = "finished"  # completed or failed: too late (409)
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """A validated submission, ready to be stored."""
-
-    job_id: str
-    request: dict[str, Any]
-    dataset_name: str
-    photo_count: int
-    photos_dir: str
-    notes: str | None
-    options: dict[str, Any]
-    simulate: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One row of ``jobs``, decoded. Times are Unix seconds."""
-
-    seq: int
-    job_id: str
-    request: dict[str, Any]
-    dataset_name: str
-    photo_count: int
-    photos_dir: str
-    notes: str | None
-    options: dict[str, Any]
-    simulate: dict[str, Any] | None
-    state: JobState
-    status: str
-    stage: str | None
-    progress: float
-    message: str
-    eta_seconds: float | None
-    model_path: str | None
-    artifacts: dict[str, str]
-    cancel_requested: bool
-    cancel_reason: str | None
-    cancelled: bool
-    attempts: int
-    created_at: float
-    updated_at: float
-    started_at: float | None
-    finished_at: float | None
-    last_progress_cb_at: float | None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> JobRecord:
-        d = dict(row)
-        for key in ("request", "options", "artifacts"):
-            d[key] = json.loads(d[key])
-        d["simulate"] = json.loads(d["simulate"]) if d["simulate"] is not None else None
-        d["state"] = JobState(d["state"])
-        for key in ("cancel_requested", "cancelled"):
-            d[key] = bool(d[key])
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class Callback:
-    """One outbox row: a callback body waiting to be (or already) delivered."""
-
-    id: int
-    job_id: str
-    kind: str  # 'status' → /internal/reconstruction/status, 'progress' → .../progress
-    body: dict[str, Any]
-    state: str
-    attempts: int
-    last_error: str | None
-    created_at: float
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def open_store(settings: Settings) -> Store:
+    """The job store of ``settings`` (RECON_DATA_DIR), queueing callbacks only when a callback URL is set."""
+    return Store(
+        settings.db_path,
+        callbacks=settings.callback_url is not None,
+        progress_callback_interval_s=settings.progress_callback_interval_s,
+    )
 
 
 class Store:
@@ -204,8 +69,8 @@ class Store:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(SCHEMA)  # idempotent: every statement is CREATE ... IF NOT EXISTS
-        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.schema_versions = migrate(conn)
+        """(version found, version now) of the schema when this store opened the database."""
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -244,7 +109,7 @@ class Store:
         """Apply ``changes`` to ``job``: check the transition, derive ``status``, queue callbacks."""
         now = time.time()
         new = replace(job, **changes, updated_at=now)
-        if new.state != job.state and new.state not in _TRANSITIONS[job.state]:
+        if new.state != job.state and new.state not in TRANSITIONS[job.state]:
             raise InvalidTransition(f"job {job.job_id}: {job.state} → {new.state} is not allowed")
         if new.state is JobState.COMPLETED:
             status, progress = ContractStatus.COMPLETED, 1.0
@@ -253,9 +118,9 @@ class Store:
         else:
             # Queued or running: the furthest phase reached so far (a re-run never goes back).
             status = ContractStatus(job.status)
-            if new.state is JobState.RUNNING and _PHASE_RANK[status] < 1:
+            if new.state is JobState.RUNNING and PHASE_RANK[status] < 1:
                 status = ContractStatus.PROCESSING
-            if phase is not None and _PHASE_RANK[ContractStatus(phase)] > _PHASE_RANK[status]:
+            if phase is not None and PHASE_RANK[ContractStatus(phase)] > PHASE_RANK[status]:
                 status = ContractStatus(phase)
             progress = min(MAX_RUNNING_PROGRESS, max(job.progress, new.progress))
         new = replace(new, status=status.value, progress=progress)
@@ -274,9 +139,9 @@ class Store:
             new = replace(new, last_progress_cb_at=now)
             self._enqueue(conn, new, kind, now)
         self._track_stage(conn, job, new, now)
-        cols = [c for c in _JOB_COLUMNS if getattr(new, c) != getattr(job, c)]
+        cols = [c for c in JOB_COLUMNS if getattr(new, c) != getattr(job, c)]
         if cols:
-            values = [_encode(c, getattr(new, c)) for c in cols]
+            values = [encode(c, getattr(new, c)) for c in cols]
             conn.execute(f"UPDATE jobs SET {', '.join(f'{c}=?' for c in cols)} WHERE seq=?", (*values, job.seq))
         return new
 
@@ -303,7 +168,7 @@ class Store:
             conn.execute("DELETE FROM callbacks WHERE job_id=? AND kind='progress' AND state='pending'", (job.job_id,))
         conn.execute(
             "INSERT INTO callbacks (job_id, kind, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (job.job_id, kind, canonical_json(callback_body(job)), now, now),
+            (job.job_id, kind, canonical_json(job.snapshot()), now, now),
         )
 
     def _get(self, conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
@@ -404,12 +269,13 @@ class Store:
             )
             return True
 
-    def complete(self, job_id: str, attempt: int, *, model_path: str, artifacts: dict[str, str], message: str) -> bool:
+    def complete(self, job_id: str, attempt: int, *, model_uri: str, artifacts: dict[str, str], message: str) -> bool:
+        """The attempt published its model: ``model_uri`` and ``artifacts`` (name → URI)."""
         with self._write() as conn:
             job = self._owned(conn, job_id, attempt)
             if job is None:
                 return False
-            self._save(conn, job, state=JobState.COMPLETED, model_path=model_path, artifacts=artifacts, message=message)
+            self._save(conn, job, state=JobState.COMPLETED, model_uri=model_uri, artifacts=artifacts, message=message)
             return True
 
     def fail(self, job_id: str, attempt: int, *, message: str, cancelled: bool = False) -> bool:
@@ -485,7 +351,7 @@ class Store:
         row = self._conn().execute(
             "SELECT * FROM callbacks WHERE job_id=? AND state='pending' ORDER BY id LIMIT 1", (job_id,)
         ).fetchone()
-        return _callback(row) if row else None
+        return callback_from_row(row) if row else None
 
     def callback_tried(self, callback_id: int, error: str) -> None:
         with self._write() as conn:
@@ -503,7 +369,7 @@ class Store:
 
     def callbacks_of(self, job_id: str) -> list[Callback]:
         rows = self._conn().execute("SELECT * FROM callbacks WHERE job_id=? ORDER BY id", (job_id,)).fetchall()
-        return [_callback(r) for r in rows]
+        return [callback_from_row(r) for r in rows]
 
     def prune_callbacks(self, finished_before: float) -> int:
         """Delete the settled callbacks (delivered or given up) of jobs that ended before ``finished_before``.
@@ -521,26 +387,3 @@ class Store:
 
     def pending_callback_count(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM callbacks WHERE state='pending'").fetchone()[0]
-
-
-_JOB_COLUMNS = (
-    "state", "status", "stage", "progress", "message", "eta_seconds", "model_path", "artifacts", "cancel_requested",
-    "cancel_reason", "cancelled", "attempts", "updated_at", "started_at", "finished_at", "last_progress_cb_at",
-)  # fmt: skip
-
-
-def _encode(column: str, value: Any) -> Any:
-    if column == "artifacts":
-        return canonical_json(value)
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, StrEnum):
-        return value.value
-    return value
-
-
-def _callback(row: sqlite3.Row) -> Callback:
-    d = dict(row)
-    d.pop("updated_at")
-    d["body"] = json.loads(d["body"])
-    return Callback(**d)

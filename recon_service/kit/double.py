@@ -1,278 +1,68 @@
-"""Testing kit for the backend's CI: the service as a contract double, and a callback recorder.
+"""The service as a contract double: ``python -m recon_service`` in simulate mode, as a child process.
 
-Installed as a pytest plugin (entry point ``pytest11: recon_service``), so a project that
-``pip install``-s recon-service gets two fixtures without any import:
+:class:`ReconDouble` is the real service -- HTTP API, job store, worker processes, callback outbox
+-- with ``RECON_PIPELINE=simulate``, on a free loopback port, with all its data in one folder.
+It can be stopped, SIGKILLed and started again on the same data, so a backend's CI (and this
+project's own tests) can try restarts and outages for real.
 
-``recon_double`` (session)
-    ``python -m recon_service`` with ``RECON_PIPELINE=simulate`` on a free loopback port, a
-    temporary data dir and a generated token; callbacks go to the session's callback recorder.
-    A :class:`ReconDouble`: ``url``, ``token``, ``client`` (a :class:`~recon_service.client.ReconClient`),
-    ``photos_root``, ``make_photos(n)``, ``submit(...)``.
-``callback_recorder`` (per test)
-    A :class:`CallbackRecorder`: the backend's callback endpoints on loopback, recording every
-    call; ``fail_next`` / ``delay_next`` play a failing or slow backend; ``wait_for(job_id, status)``.
-
-Both classes work without pytest too (context managers). This module is imported by every
-pytest run of a project that has the package installed, so it imports only the standard
-library at module level; httpx, PIL and the client are imported when a fixture is used.
+The child runs in isolated mode (``python -I``: no ``PYTHONPATH``, no user site, not the
+caller's working directory) with this package's own location first on its path, so a caller's
+modules -- a backend with its own top-level ``pipelines`` or ``fixtures`` package -- can never
+shadow the service's. Standard library only at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import random
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
+from recon_service.kit.photos import write_jpegs
+from recon_service.kit.ports import free_port
 
 if TYPE_CHECKING:
-    from recon_service.callback_receiver import CallbackReceiver
-    from recon_service.client import ReconClient
+    import httpx
 
-CALLBACK_PATHS = {"/internal/reconstruction/status": "status", "/internal/reconstruction/progress": "progress"}
-"""The backend's callback endpoints (contract) → callback kind."""
+    from recon_service.kit.client import ReconClient
+
 START_TIMEOUT_S = 60.0
 """How long the double may take to answer /readyz after its process starts (seconds)."""
 STOP_TIMEOUT_S = 20.0
 """How long a clean shutdown (SIGTERM) may take before the process group is killed (seconds)."""
-
 FAST_CALLBACK_ENV = {
     "RECON_CALLBACK_RETRY_INITIAL_S": "0.05",
     "RECON_CALLBACK_RETRY_MAX_S": "0.5",
     "RECON_PROGRESS_CALLBACK_INTERVAL_S": "0.2",
 }
 """The double retries failed callbacks within about a second (not minutes), to keep CI fast."""
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder holding this ``recon_service`` (and its ``pipelines``): first on the child's path."""
+_BOOT = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('recon_service', run_name='__main__', alter_sys=True)"
+)
+"""The child's entry: put the service's own location first on the path, then run ``python -m recon_service``."""
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".heic", ".heif")
 
 
-# -- callback recorder ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RecordedCallback:
-    """One request the recorder received, and what it answered."""
-
-    kind: str
-    """``status``, ``progress``, or the path for anything else."""
-    headers: dict[str, str]
-    """Request headers, names lower-cased."""
-    raw: bytes
-    body: Any
-    """The parsed JSON body (``None`` if it was not JSON)."""
-    answered: int
-    """HTTP status the recorder answered (2xx: delivered)."""
-    problem: str | None
-    """Why the recorder refused it (token, contract), or ``None``."""
-    received_at: float
-    """``time.time()`` when the request arrived (before any injected delay)."""
-
-    @property
-    def delivered(self) -> bool:
-        return 200 <= self.answered < 300
-
-    @property
-    def job_id(self) -> str | None:
-        return self.body.get("job_id") if isinstance(self.body, dict) else None
-
-    @property
-    def status(self) -> str | None:
-        return self.body.get("status") if isinstance(self.body, dict) else None
-
-    @property
-    def progress(self) -> float | None:
-        return self.body.get("progress") if isinstance(self.body, dict) else None
-
-
-@dataclass
-class _Rule:
-    remaining: int
-    status: int
-    delay_s: float
-    job_id: str | None
-
-
-class CallbackRecorder:
-    """The backend's two callback endpoints on ``127.0.0.1``, recording every request.
-
-    Like a real backend, it answers 401 to a wrong token and 400 to a body that breaks the
-    contract (checked with :class:`~recon_service.client.CallbackReceiver`), and ``problem`` says
-    why: a double that sends bad callbacks fails the test instead of passing silently.
-    """
-
-    def __init__(self, token: str | None = None) -> None:
-        from recon_service.callback_receiver import CallbackReceiver
-
-        self.token = token or secrets.token_urlsafe(24)
-        self._receiver: CallbackReceiver = CallbackReceiver(self.token)
-        self._calls: list[RecordedCallback] = []
-        self._rules: list[_Rule] = []
-        self._changed = threading.Condition()
-        self._closing = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="callback-recorder", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        """Base URL to give the service as RECON_CALLBACK_URL."""
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    # -- what to answer -------------------------------------------------------------------------
-    def fail_next(self, count: int, status: int = 500, *, job_id: str | None = None) -> None:
-        """Answer ``status`` to the next ``count`` callbacks (of ``job_id`` only, if given)."""
-        with self._changed:
-            self._rules.append(_Rule(count, status, 0.0, job_id))
-
-    def delay_next(self, count: int, seconds: float, *, job_id: str | None = None) -> None:
-        """Answer the next ``count`` callbacks (of ``job_id`` only, if given) ``seconds`` late, with 200."""
-        with self._changed:
-            self._rules.append(_Rule(count, 200, seconds, job_id))
-
-    def reset(self) -> None:
-        """Forget recorded calls and pending ``fail_next``/``delay_next`` rules."""
-        with self._changed:
-            self._calls.clear()
-            self._rules.clear()
-
-    # -- what was received ----------------------------------------------------------------------
-    @property
-    def calls(self) -> list[RecordedCallback]:
-        """Every request received so far, in arrival order."""
-        with self._changed:
-            return list(self._calls)
-
-    def calls_for(self, job_id: str, kind: str | None = None, *, delivered_only: bool = True) -> list[RecordedCallback]:
-        """The job's callbacks in arrival order (only those answered 2xx, unless ``delivered_only=False``)."""
-        job_id = _canonical(job_id)
-        return [
-            c for c in self.calls if c.job_id == job_id and kind in (None, c.kind) and (c.delivered or not delivered_only)
-        ]
-
-    def statuses(self, job_id: str) -> list[str]:
-        """Statuses of the job's delivered status callbacks, in order (duplicates kept)."""
-        return [c.status or "" for c in self.calls_for(job_id, "status")]
-
-    def wait_until(self, predicate: Callable[[list[RecordedCallback]], Any], timeout: float, what: str) -> Any:
-        """Wait until ``predicate(calls)`` is truthy and return its value; ``AssertionError`` after ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                value = predicate(list(self._calls))
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    seen = "\n".join(f"  {c.answered} {c.kind} {c.raw[:300]!r}" for c in self._calls[-20:]) or "  (nothing)"
-                    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last calls received:\n{seen}")
-                self._changed.wait(left)
-
-    def wait_for(self, job_id: str, status: str, timeout: float = 30.0) -> list[RecordedCallback]:
-        """Wait for a delivered ``status`` callback of ``job_id``; return the job's delivered status callbacks so far."""
-        job_id = _canonical(job_id)
-
-        def arrived(calls: list[RecordedCallback]) -> list[RecordedCallback] | None:
-            mine = [c for c in calls if c.job_id == job_id and c.kind == "status" and c.delivered]
-            return mine if any(c.status == status for c in mine) else None
-
-        return self.wait_until(arrived, timeout, f"a {status!r} status callback of job {job_id}")
-
-    def close(self) -> None:
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> CallbackRecorder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- the server -----------------------------------------------------------------------------
-    def _rule_for(self, job_id: str | None) -> _Rule | None:
-        with self._changed:
-            for rule in self._rules:
-                if rule.remaining > 0 and rule.job_id in (None, job_id):
-                    rule.remaining -= 1
-                    return rule
-        return None
-
-    def _answer(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, str | None, Any]:
-        from recon_service.callback_receiver import CallbackRejected
-
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        kind = CALLBACK_PATHS.get(path.split("?", 1)[0])
-        job_id = _canonical(body["job_id"]) if isinstance(body, dict) and isinstance(body.get("job_id"), str) else None
-        rule = self._rule_for(job_id)
-        if rule is not None and rule.delay_s:
-            self._closing.wait(rule.delay_s)
-        if kind is None:
-            return 404, f"no callback endpoint {path}", body
-        try:
-            self._receiver.receive(kind, headers, raw)  # type: ignore[arg-type]
-        except CallbackRejected as exc:
-            return exc.status_code, exc.error, body
-        if rule is not None and rule.status != 200:
-            return rule.status, f"injected failure ({rule.status})", body
-        return 200, None, body
-
-    def _record(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, str | None]:
-        received_at = time.time()
-        status, problem, body = self._answer(path, headers, raw)
-        call = RecordedCallback(CALLBACK_PATHS.get(path.split("?", 1)[0], path), headers, raw, body, status, problem, received_at)
-        with self._changed:
-            self._calls.append(call)
-            self._changed.notify_all()
-        return status, problem
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, problem = recorder._record(self.path, headers, raw)
-                payload = json.dumps({"ok": True} if problem is None else {"error": problem}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
-# -- the service as a contract double ------------------------------------------------------------
 @dataclass
 class ReconDouble:
-    """The real service (``python -m recon_service``) in simulate mode, as a child process.
+    """The real service in simulate mode, as a child process with everything under ``root``.
 
-    Everything lives under ``root``: ``data/`` (job store), ``models/`` (MODEL_OUTPUT_ROOT),
-    ``uploads/`` (RECON_PHOTOS_ROOT: jobs' ``photos_dir`` must be inside) and ``service.log``.
-    ``env`` adds or overrides RECON_* variables (e.g. ``RECON_MAX_WORKERS``).
+    ``root`` holds ``data/`` (job store), ``models/`` (MODEL_OUTPUT_ROOT), ``uploads/``
+    (RECON_PHOTOS_ROOT: jobs' ``photos_dir`` must be inside; ``uploads_root`` puts it elsewhere,
+    e.g. on the backend's own upload folder) and ``service.log``. ``env`` adds or
+    overrides RECON_* variables (e.g. ``RECON_MAX_WORKERS``). Use as a context manager, or
+    :meth:`start` / :meth:`stop`; :meth:`start` again after :meth:`stop` or :meth:`kill` restarts
+    it on the same data (and, when it is still free, the same port).
     """
 
     root: Path
@@ -281,53 +71,78 @@ class ReconDouble:
     env: dict[str, str] = field(default_factory=dict)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     port: int = 0
+    uploads_root: Path | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _client: ReconClient | None = field(default=None, init=False, repr=False)
+    _http: httpx.Client | None = field(default=None, init=False, repr=False)
 
+    # -- where things are ------------------------------------------------------------------------
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
     def photos_root(self) -> Path:
-        return self.root / "uploads"
+        """RECON_PHOTOS_ROOT of the double: ``uploads_root``, or ``root/uploads``."""
+        return self.uploads_root if self.uploads_root is not None else self.root / "uploads"
 
     @property
     def models_root(self) -> Path:
         return self.root / "models"
 
     @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
     def log_path(self) -> Path:
         return self.root / "service.log"
 
     @property
+    def pid(self) -> int | None:
+        """The server process's pid while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def client(self) -> ReconClient:
-        """A :class:`~recon_service.client.ReconClient` for this double (quick retries)."""
+        """A :class:`~recon_service.kit.client.ReconClient` for this double (quick retries)."""
         if self._client is None:
-            from recon_service.client import ReconClient, RetryPolicy
+            from recon_service.kit.client import ReconClient, RetryPolicy
 
             self._client = ReconClient(self.url, self.token, retries=RetryPolicy(attempts=3, initial_s=0.1, max_s=0.5, jitter_s=0.1))
         return self._client
 
-    def start(self) -> ReconDouble:
-        """Start the process and wait until ``/readyz`` answers 200 (tries another port if taken)."""
-        for _ in range(3):
-            self.port = free_port()
+    @property
+    def http(self) -> httpx.Client:
+        """A plain ``httpx.Client`` on the double's URL with its token, for raw requests (status codes, error bodies)."""
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+        return self._http
+
+    # -- the process -----------------------------------------------------------------------------
+    def start(self, *, wait: bool = True) -> ReconDouble:
+        """Start the process; with ``wait``, until ``/readyz`` answers 200 (another port is tried if this one is taken)."""
+        for attempt in range(3):
+            if not self.port or attempt:
+                self.port = free_port()
+            self._close_clients()
             self._spawn()
-            if self._wait_ready():
+            if not wait or self._wait_ready():
                 return self
         raise RuntimeError(f"recon-service double did not start; its log ({self.log_path}):\n{self.log()[-4000:]}")
 
     def _spawn(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.photos_root.mkdir(exist_ok=True)
+        self.photos_root.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECON_") and k != "MODEL_OUTPUT_ROOT"}
         env |= {
             "RECON_PIPELINE": "simulate",
             "RECON_SERVICE_TOKEN": self.token,
             "RECON_HOST": "127.0.0.1",
             "RECON_PORT": str(self.port),
-            "RECON_DATA_DIR": str(self.root / "data"),
+            "RECON_DATA_DIR": str(self.data_dir),
             "MODEL_OUTPUT_ROOT": str(self.models_root),
             "RECON_PHOTOS_ROOT": str(self.photos_root),
             "RECON_MAX_WORKERS": "4",
@@ -339,7 +154,7 @@ class ReconDouble:
         env |= self.env
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "recon_service"],
+                [sys.executable, "-I", "-c", _BOOT, str(PACKAGE_ROOT)],
                 cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
@@ -369,9 +184,7 @@ class ReconDouble:
 
     def stop(self) -> None:
         """SIGTERM (clean shutdown), then kill whatever is left of its process group (workers)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._close_clients()
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -385,11 +198,34 @@ class ReconDouble:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # this double's leftover workers only (its own session)
 
+    def kill(self) -> None:
+        """SIGKILL the server process only, as a crash would; its workers notice and stop by themselves."""
+        self._close_clients()
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+    def _close_clients(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for the server process to end by itself (e.g. a start-up refused); its exit code."""
+        if self._proc is None:
+            raise RuntimeError("the double is not running")
+        return self._proc.wait(timeout=timeout)
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
     def log(self) -> str:
+        """Everything the service wrote to stderr (JSON lines), for assertions and failure messages."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def __enter__(self) -> ReconDouble:
@@ -398,68 +234,51 @@ class ReconDouble:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- helpers for tests ------------------------------------------------------------------------
+    # -- jobs ------------------------------------------------------------------------------------
     def make_photos(self, count: int, name: str | None = None, *, size: tuple[int, int] = (320, 240)) -> Path:
         """A new folder ``photos_root/<name>`` of ``count`` valid JPEGs (``photo_1.jpg`` ...), like the backend's uploads."""
         return write_jpegs(self.photos_root / (name or uuid.uuid4().hex), count, size=size)
 
-    def submit(self, photo_count: int = 3, *, job_id: str | None = None, **fields: Any) -> str:
-        """Make ``photo_count`` photos, submit them as a new job (``fields``: notes, options, simulate) and return its id."""
-        job_id = job_id or str(uuid.uuid4())
-        photos = self.make_photos(photo_count, job_id)
-        self.client.submit(job_id, fields.pop("dataset_name", "test scan"), photo_count, photos, **fields)
-        return job_id
+    def payload(self, photos_dir: Path, **fields: Any) -> dict[str, Any]:
+        """A ``POST /jobs`` body for the photos in ``photos_dir``: a new ``job_id``, ``photo_count`` counted; ``fields`` override."""
+        count = sum(1 for p in photos_dir.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES) if photos_dir.is_dir() else 3
+        body = {"job_id": str(uuid.uuid4()), "dataset_name": "test scan", "photo_count": count, "photos_dir": str(photos_dir)}
+        return body | fields
 
+    def submit(self, photos: int | Path | None = None, *, photo_count: int | None = None, job_id: str | None = None, **fields: Any) -> str:
+        """Submit a new job and return its id: of ``photos`` (or ``photo_count``, default 3) new JPEGs, or of
+        the photos in the folder ``photos``.
 
-def write_jpegs(folder: Path, count: int, *, size: tuple[int, int] = (320, 240)) -> Path:
-    """``count`` different, decodable JPEGs (seeded noise over a gradient) in ``folder``."""
-    from PIL import Image
+        ``fields`` adds to or overrides the body (``notes``, ``options``, ``simulate``, ...; a
+        ``photo_count`` with a folder overrides the count); anything but 202 raises with the service's error.
+        """
+        if photos is None:
+            photos, photo_count = photo_count or 3, None
+        folder = self.make_photos(photos, job_id) if isinstance(photos, int) else Path(photos)
+        if photo_count is not None:
+            fields["photo_count"] = photo_count
+        body = self.payload(folder, **fields)
+        if job_id is not None:
+            body["job_id"] = job_id
+        response = self.http.post("/jobs", json=body)
+        if response.status_code != 202:
+            raise AssertionError(f"POST /jobs answered {response.status_code}: {response.text}")
+        return body["job_id"]
 
-    folder.mkdir(parents=True, exist_ok=True)
-    width, height = size
-    gradient = Image.linear_gradient("L").resize(size).convert("RGB")
-    for i in range(count):
-        rng = random.Random(f"{folder.name}/{i}")
-        noise = Image.frombytes("RGB", size, rng.randbytes(width * height * 3))
-        Image.blend(gradient, noise, 0.5).save(folder / f"photo_{i + 1}.jpg", quality=85)
-    return folder
+    def job(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/{job_id}`` as the raw JSON object (every additive field included)."""
+        response = self.http.get(f"/jobs/{job_id}")
+        if response.status_code != 200:
+            raise AssertionError(f"GET /jobs/{job_id} answered {response.status_code}: {response.text}")
+        return response.json()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _canonical(job_id: str) -> str:
-    try:
-        return str(uuid.UUID(job_id))
-    except ValueError:
-        return job_id
-
-
-# -- pytest fixtures -------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def recon_callback_server() -> Iterator[CallbackRecorder]:
-    """The session's callback recorder server (``callback_recorder`` hands it to each test, reset)."""
-    with CallbackRecorder() as recorder:
-        yield recorder
-
-
-@pytest.fixture(scope="session")
-def recon_double(recon_callback_server: CallbackRecorder) -> Iterator[ReconDouble]:
-    """One simulate-mode service for the test session, calling back to the callback recorder."""
-    root = Path(tempfile.mkdtemp(prefix="recon-double-"))
-    double = ReconDouble(root, callback_url=recon_callback_server.url, callback_token=recon_callback_server.token)
-    try:
-        with double:
-            yield double
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def callback_recorder(recon_callback_server: CallbackRecorder) -> CallbackRecorder:
-    """The callbacks of ``recon_double``, recorded; emptied, and failure rules cleared, for each test."""
-    recon_callback_server.reset()
-    return recon_callback_server
+    def wait_job(self, job_id: str, statuses: tuple[str, ...] = ("completed", "failed"), timeout: float = 30.0) -> dict[str, Any]:
+        """Poll until the job's ``status`` is one of ``statuses``; return it raw. ``AssertionError`` after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not reach {statuses} within {timeout:g} s; last seen: {job}")

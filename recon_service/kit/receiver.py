@@ -3,7 +3,7 @@
 :class:`CallbackReceiver` checks the bearer token (RECON_CALLBACK_TOKEN) in constant time and
 validates a status or progress callback body against the contract, whatever the web framework:
 it takes the request headers and the raw body bytes. Also importable as
-``recon_service.client.CallbackReceiver``, next to the client.
+``recon_service.kit.client.CallbackReceiver``, next to the client.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from recon_service.schemas import CallbackBody, ContractStatus
+from recon_service.contract import CallbackBody, ContractStatus
 
 
 class ProgressCallbackBody(BaseModel):

@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from pipelines.options import PRESETS, option_keys
-from tests.conftest import write_photos
-from tests.service.harness import TOKEN, ServiceProcess
+from recon_service.kit import ReconDouble, write_jpegs
+from tests.helpers import TOKEN
 
 
-def photos(service: ServiceProcess, count: int = 3) -> Path:
-    return write_photos(service.photos_root / uuid.uuid4().hex[:8], count)
+def photos(service: ReconDouble, count: int = 3) -> Path:
+    return write_jpegs(service.photos_root / uuid.uuid4().hex[:8], count)
 
 
 def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
@@ -31,23 +31,23 @@ def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
 
 # -- authentication --------------------------------------------------------------------------------
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"}])
-def test_requests_without_the_right_bearer_token_get_401(shared: ServiceProcess, headers: dict[str, str]) -> None:
+def test_requests_without_the_right_bearer_token_get_401(shared: ReconDouble, headers: dict[str, str]) -> None:
     for method, path in (("GET", "/jobs"), ("GET", f"/jobs/{uuid.uuid4()}"), ("POST", "/jobs"), ("GET", "/options"), ("GET", "/nowhere")):
         response = httpx.request(method, shared.url + path, headers=headers, json={})
         assert_error(response, 401, "RECON_SERVICE_TOKEN")
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-def test_authentication_is_checked_before_the_body_is_parsed(shared: ServiceProcess) -> None:
+def test_authentication_is_checked_before_the_body_is_parsed(shared: ReconDouble) -> None:
     response = httpx.post(shared.url + "/jobs", content=b'{"job_id": ', headers={"Content-Type": "application/json"})
     assert_error(response, 401)
 
 
-def test_the_right_token_is_accepted(shared: ServiceProcess) -> None:
-    assert shared.client.get("/jobs").status_code == 200
+def test_the_right_token_is_accepted(shared: ReconDouble) -> None:
+    assert shared.http.get("/jobs").status_code == 200
 
 
-def test_health_checks_need_no_token_and_say_the_pipeline_is_simulated(shared: ServiceProcess) -> None:
+def test_health_checks_need_no_token_and_say_the_pipeline_is_simulated(shared: ReconDouble) -> None:
     health = httpx.get(shared.url + "/healthz")
     assert health.status_code == 200 and health.json()["simulated"] is True and health.json()["pipeline"] == "simulate"
     ready = httpx.get(shared.url + "/readyz")
@@ -56,50 +56,50 @@ def test_health_checks_need_no_token_and_say_the_pipeline_is_simulated(shared: S
 
 
 # -- POST /jobs validation -------------------------------------------------------------------------
-Mutation = Callable[[dict[str, Any], ServiceProcess, Path], None]
+Mutation = Callable[[dict[str, Any], ReconDouble, Path], None]
 
 
-def _outside_root(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
-    body["photos_dir"] = str(write_photos(tmp / "elsewhere", 3))
+def _outside_root(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
+    body["photos_dir"] = str(write_jpegs(tmp / "elsewhere", 3))
 
 
-def _symlink_escape(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
+def _symlink_escape(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
     link = service.photos_root / f"link-{uuid.uuid4().hex[:6]}"
-    link.symlink_to(write_photos(tmp / "elsewhere", 3), target_is_directory=True)
+    link.symlink_to(write_jpegs(tmp / "elsewhere", 3), target_is_directory=True)
     body["photos_dir"] = str(link)
 
 
-def _photo_symlink_escape(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
+def _photo_symlink_escape(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
     folder = Path(body["photos_dir"])
-    outside = write_photos(tmp / "secret", 1) / "photo_1.jpg"
+    outside = write_jpegs(tmp / "secret", 1) / "photo_1.jpg"
     (folder / "photo_4.jpg").symlink_to(outside)
     body["photo_count"] = 4
 
 
-def _file_not_dir(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
+def _file_not_dir(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
     body["photos_dir"] = str(Path(body["photos_dir"]) / "photo_1.jpg")
 
 
-def _too_few(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
+def _too_few(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
     (Path(body["photos_dir"]) / "photo_3.jpg").unlink()
     body["photo_count"] = 2
 
 
 def _set(**fields: Any) -> Mutation:
-    def mutate(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
+    def mutate(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
         body.update(fields)
 
     return mutate
 
 
 def _drop(field: str) -> Mutation:
-    def mutate(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
+    def mutate(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
         del body[field]
 
     return mutate
 
 
-def _missing_dir(body: dict[str, Any], service: ServiceProcess, tmp: Path) -> None:
+def _missing_dir(body: dict[str, Any], service: ReconDouble, tmp: Path) -> None:
     body["photos_dir"] = str(service.photos_root / "never-uploaded")
 
 
@@ -116,7 +116,7 @@ BAD_SUBMISSIONS: dict[str, tuple[Mutation, tuple[str, ...]]] = {
     "photos_dir_is_a_file": (_file_not_dir, ("photos_dir", "not a directory")),
     "photos_dir_outside_root": (_outside_root, ("photos_dir", "outside the allowed photos root", "RECON_PHOTOS_ROOT")),
     "photos_dir_symlink_escapes_root": (_symlink_escape, ("photos_dir", "outside the allowed photos root")),
-    "photo_symlink_escapes_root": (_photo_symlink_escape, ("photos_dir", "photo_4.jpg", "outside the allowed photos root")),
+    "photo_symlink_escapes_root": (_photo_symlink_escape, ("photos_dir", "photo_4.jpg", "symbolic link (links are not followed)")),
     "too_few_photos": (_too_few, ("photos_dir", "found 2 photos", "at least 3")),
     "photo_count_differs": (_set(photo_count=5), ("photo_count", "5", "holds 3")),
     "notes_wrong_type": (_set(notes=42), ("notes",)),
@@ -131,70 +131,70 @@ BAD_SUBMISSIONS: dict[str, tuple[Mutation, tuple[str, ...]]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_SUBMISSIONS))
-def test_invalid_submissions_get_400_naming_the_field(case: str, shared: ServiceProcess, tmp_path: Path) -> None:
+def test_invalid_submissions_get_400_naming_the_field(case: str, shared: ReconDouble, tmp_path: Path) -> None:
     mutate, fragments = BAD_SUBMISSIONS[case]
     body = shared.payload(photos(shared))
     mutate(body, shared, tmp_path)
-    response = shared.client.post("/jobs", json=body)
+    response = shared.http.post("/jobs", json=body)
     assert_error(response, 400, *fragments)
     if isinstance(body.get("job_id"), str) and body["job_id"].count("-") == 4:
-        assert shared.client.get(f"/jobs/{body['job_id']}").status_code == 404  # nothing was stored
+        assert shared.http.get(f"/jobs/{body['job_id']}").status_code == 404  # nothing was stored
 
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [(b'{"job_id": "x", ', "not valid JSON"), (b"[1, 2, 3]", "JSON object"), (b"", "required"), (b'"text"', "JSON object")],
 )
-def test_malformed_bodies_get_400_in_the_error_shape(shared: ServiceProcess, content: bytes, fragment: str) -> None:
-    response = shared.client.post("/jobs", content=content, headers={"Content-Type": "application/json"})
+def test_malformed_bodies_get_400_in_the_error_shape(shared: ReconDouble, content: bytes, fragment: str) -> None:
+    response = shared.http.post("/jobs", content=content, headers={"Content-Type": "application/json"})
     assert_error(response, 400, fragment)
 
 
-def test_a_form_encoded_body_is_told_to_send_json(shared: ServiceProcess) -> None:
-    response = shared.client.post("/jobs", content=b"job_id=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
+def test_a_form_encoded_body_is_told_to_send_json(shared: ReconDouble) -> None:
+    response = shared.http.post("/jobs", content=b"job_id=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert_error(response, 400, "application/json")
 
 
-def test_oversize_bodies_get_413_declared_or_streamed(shared: ServiceProcess) -> None:
+def test_oversize_bodies_get_413_declared_or_streamed(shared: ReconDouble) -> None:
     big = b'{"notes": "' + b"x" * (2 << 20) + b'"}'
-    assert_error(shared.client.post("/jobs", content=big, headers={"Content-Type": "application/json"}), 413, "RECON_MAX_BODY_BYTES")
+    assert_error(shared.http.post("/jobs", content=big, headers={"Content-Type": "application/json"}), 413, "RECON_MAX_BODY_BYTES")
 
     def chunks():  # no Content-Length: chunked transfer encoding
         for i in range(0, len(big), 65536):
             yield big[i : i + 65536]
 
-    assert_error(shared.client.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"}), 413)
+    assert_error(shared.http.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"}), 413)
 
 
-def test_unknown_jobs_paths_and_methods_get_404_and_405(shared: ServiceProcess) -> None:
-    assert_error(shared.client.get(f"/jobs/{uuid.uuid4()}"), 404, "no job")
-    assert_error(shared.client.get("/jobs/not-a-uuid"), 404, "no job")
-    assert_error(shared.client.post(f"/jobs/{uuid.uuid4()}/cancel"), 404, "no job")
-    assert_error(shared.client.get("/models"), 404, "no such endpoint")
-    assert_error(shared.client.delete("/jobs"), 405, "DELETE")
+def test_unknown_jobs_paths_and_methods_get_404_and_405(shared: ReconDouble) -> None:
+    assert_error(shared.http.get(f"/jobs/{uuid.uuid4()}"), 404, "no job")
+    assert_error(shared.http.get("/jobs/not-a-uuid"), 404, "no job")
+    assert_error(shared.http.post(f"/jobs/{uuid.uuid4()}/cancel"), 404, "no job")
+    assert_error(shared.http.get("/models"), 404, "no such endpoint")
+    assert_error(shared.http.delete("/jobs"), 405, "DELETE")
 
 
 # -- idempotency, options, listing ------------------------------------------------------------------
-def test_resubmitting_the_same_payload_returns_the_same_answer_and_starts_nothing(shared: ServiceProcess) -> None:
+def test_resubmitting_the_same_payload_returns_the_same_answer_and_starts_nothing(shared: ReconDouble) -> None:
     body = shared.payload(photos(shared), options={"preset": "preview"})
-    first = shared.client.post("/jobs", json=body)
+    first = shared.http.post("/jobs", json=body)
     assert first.status_code == 202
     assert first.json() == {"accepted": True, "external_job_id": body["job_id"], "message": "queued"}
     shared.wait_job(body["job_id"])
-    again = shared.client.post("/jobs", json=body)
+    again = shared.http.post("/jobs", json=body)
     assert (again.status_code, again.json()) == (202, first.json())
     job = shared.job(body["job_id"])
     assert job["status"] == "completed" and job["attempts"] == 1  # not run a second time
 
 
-def test_a_different_payload_under_a_known_job_id_is_409(shared: ServiceProcess) -> None:
+def test_a_different_payload_under_a_known_job_id_is_409(shared: ReconDouble) -> None:
     body = shared.payload(photos(shared))
-    assert shared.client.post("/jobs", json=body).status_code == 202
+    assert shared.http.post("/jobs", json=body).status_code == 202
     changed = {**body, "dataset_name": "another scan"}
-    assert_error(shared.client.post("/jobs", json=changed), 409, body["job_id"], "dataset_name")
+    assert_error(shared.http.post("/jobs", json=changed), 409, body["job_id"], "dataset_name")
 
 
-def test_options_are_resolved_from_preset_and_overrides(shared: ServiceProcess) -> None:
+def test_options_are_resolved_from_preset_and_overrides(shared: ReconDouble) -> None:
     job_id = shared.submit(photos(shared), options={"preset": "preview", "dense.max_image_size": 640})
     options = shared.job(job_id)["options"]
     assert options["preset"] == "preview" and options["dense.max_image_size"] == 640
@@ -202,29 +202,29 @@ def test_options_are_resolved_from_preset_and_overrides(shared: ServiceProcess) 
     assert set(options) == {"preset", *option_keys()}
 
 
-def test_get_options_lists_presets_and_every_option_with_type_default_and_help(shared: ServiceProcess) -> None:
-    schema = shared.client.get("/options").json()
+def test_get_options_lists_presets_and_every_option_with_type_default_and_help(shared: ReconDouble) -> None:
+    schema = shared.http.get("/options").json()
     assert set(schema["presets"]) == {"preview", "balanced", "high"}
     assert [o["name"] for o in schema["options"]] == option_keys()
     for option in schema["options"]:
         assert option["type"] in ("integer", "number", "boolean", "string") and option["help"] and "default" in option
 
 
-def test_get_jobs_pages_newest_first(shared: ServiceProcess) -> None:
+def test_get_jobs_pages_newest_first(shared: ReconDouble) -> None:
     ids = [shared.submit(photos(shared)) for _ in range(3)]
-    page = shared.client.get("/jobs", params={"limit": 2}).json()
+    page = shared.http.get("/jobs", params={"limit": 2}).json()
     assert [j["job_id"] for j in page["jobs"]] == ids[::-1][:2]
     assert page["next_offset"] == 2 and page["total"] >= 3
-    rest = shared.client.get("/jobs", params={"limit": 2, "offset": 2}).json()
+    rest = shared.http.get("/jobs", params={"limit": 2, "offset": 2}).json()
     assert rest["jobs"][0]["job_id"] == ids[0]
-    assert_error(shared.client.get("/jobs", params={"limit": 0}), 400, "limit")
-    assert_error(shared.client.get("/jobs", params={"status": "cancelled"}), 400, "status")
-    queued = shared.client.get("/jobs", params={"status": "completed", "limit": 100}).json()
+    assert_error(shared.http.get("/jobs", params={"limit": 0}), 400, "limit")
+    assert_error(shared.http.get("/jobs", params={"status": "cancelled"}), 400, "status")
+    queued = shared.http.get("/jobs", params={"status": "completed", "limit": 100}).json()
     assert all(j["status"] == "completed" for j in queued["jobs"])
 
 
-def test_openapi_documents_bearer_auth_and_error_bodies_instead_of_422(shared: ServiceProcess) -> None:
-    spec = shared.client.get("/openapi.json").json()
+def test_openapi_documents_bearer_auth_and_error_bodies_instead_of_422(shared: ReconDouble) -> None:
+    spec = shared.http.get("/openapi.json").json()
     submit = spec["paths"]["/jobs"]["post"]
     assert "422" not in submit["responses"] and "400" in submit["responses"]
     assert submit["security"] == [{"bearer": []}]

@@ -21,7 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from recon_service.testing import ReconDouble
+from recon_service.kit import ReconDouble
 
 OPENAPI_JSON = Path(__file__).resolve().parents[2] / "openapi.json"
 MAX_EXAMPLES = 60

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from recon_service.app import create_app
+from recon_service.api.app import create_app
+from recon_service.kit import write_jpegs
 from recon_service.settings import Settings
-from tests.conftest import write_photos
 
 
 def real_mode_client(tmp_path: Path) -> TestClient:
@@ -25,7 +25,7 @@ def test_in_real_mode_the_simulate_field_is_ignored_and_nothing_claims_to_be_sim
     assert client.get("/healthz").json()["simulated"] is False
     job_id = str(uuid.uuid4())
     body = {
-        "job_id": job_id, "dataset_name": "scan", "photo_count": 3, "photos_dir": str(write_photos(tmp_path / "uploads" / "a", 3)),
+        "job_id": job_id, "dataset_name": "scan", "photo_count": 3, "photos_dir": str(write_jpegs(tmp_path / "uploads" / "a", 3)),
         "simulate": {"fail_at": "not-a-stage"},
     }  # fmt: skip
     assert client.post("/jobs", json=body).status_code == 202

@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 import schemathesis
 
-from recon_service.openapi import build_spec, render, throwaway_app
-from recon_service.testing import CallbackRecorder, ReconDouble
+from recon_service.api.openapi import build_spec, render, throwaway_app
+from recon_service.kit import CallbackRecorder, ReconDouble
 
 OPENAPI_JSON = Path(__file__).resolve().parents[2] / "openapi.json"
 REGENERATE = "run `make openapi` and commit openapi.json"

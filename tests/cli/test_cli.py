@@ -18,7 +18,7 @@ from pipelines.progress import ProgressEvent
 from recon_service.cli import ProgressPrinter, run_summary
 from tests.fixtures.fake_runs import fake_run, random_similarity
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTOS = REPO / "fixtures" / "scenes" / "tabletop_small" / "images"
 
 

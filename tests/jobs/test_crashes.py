@@ -10,14 +10,14 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import write_photos
-from tests.service.harness import FakeBackend, ServiceProcess, wait_until
+from recon_service.kit import CallbackRecorder, ReconDouble, write_jpegs
+from tests.helpers import delivered, wait_statuses, wait_until, worker_pids
 
 SUCCESS = ["queued", "processing", "meshing", "texturing", "completed"]
 
 
-def photos(service: ServiceProcess) -> Path:
-    return write_photos(service.photos_root / uuid.uuid4().hex[:8], 3)
+def photos(service: ReconDouble) -> Path:
+    return write_jpegs(service.photos_root / uuid.uuid4().hex[:8], 3)
 
 
 def collapse(statuses: list[str]) -> list[str]:
@@ -26,24 +26,24 @@ def collapse(statuses: list[str]) -> list[str]:
 
 
 def test_a_worker_killed_by_sigkill_fails_its_job_as_out_of_memory_and_the_next_job_runs(
-    start_service: Callable[..., ServiceProcess],
+    start_service: Callable[..., ReconDouble],
 ) -> None:
     service = start_service()
     victim = service.submit(photos(service), simulate={"stage_seconds": 0.02, "stall": True, "stall_at": "dense"})
     after = service.submit(photos(service), simulate={"stage_seconds": 0.02})
     wait_until(lambda: service.job(victim)["stage"] == "dense", 20, "the first job to reach dense")
-    (pid,) = service.worker_pids()
+    (pid,) = worker_pids(service)
     os.kill(pid, signal.SIGKILL)
     job = service.wait_job(victim)
     assert job["status"] == "failed" and job["cancelled"] is False
     assert job["message"].startswith("worker was killed, probably out of memory")
-    assert not (service.models / victim).exists()
+    assert not (service.models_root / victim).exists()
     assert service.wait_job(after)["status"] == "completed"
-    assert service.client.get("/readyz").json()["ready"] is True
+    assert service.http.get("/readyz").json()["ready"] is True
 
 
 def test_service_killed_mid_job_restarts_and_completes_it_with_every_callback(
-    start_service: Callable[..., ServiceProcess], backend: FakeBackend
+    start_service: Callable[..., ReconDouble], backend: CallbackRecorder
 ) -> None:
     service = start_service(backend=backend)
     first = service.submit(photos(service), simulate={"stage_seconds": 0.25})
@@ -51,7 +51,7 @@ def test_service_killed_mid_job_restarts_and_completes_it_with_every_callback(
     wait_until(lambda: backend.statuses(first) == ["queued", "processing"], 20, "the first job to be processing")
     backend.fail_next(10**6, 503)  # the backend goes down: callbacks pile up in the outbox
     wait_until(lambda: service.job(first)["status"] == "meshing", 20, "the first job to reach meshing")
-    (worker,) = service.worker_pids()
+    (worker,) = worker_pids(service)
     service.kill()
     psutil.Process(worker).wait(timeout=5)  # the orphaned worker notices and stops by itself
 
@@ -61,13 +61,13 @@ def test_service_killed_mid_job_restarts_and_completes_it_with_every_callback(
     assert (done["status"], done["attempts"]) == ("completed", 2)
     assert service.wait_job(second)["status"] == "completed" and service.job(second)["attempts"] == 1
     wait_until(lambda: "completed" in backend.statuses(second), 20, "the second job's callbacks")
-    assert collapse(backend.wait_for_status(first, "completed")) == SUCCESS
+    assert collapse(wait_statuses(backend, first, "completed")) == SUCCESS
     assert collapse(backend.statuses(second)) == SUCCESS
-    delivered = [b["progress"] for b in backend.delivered(first)]
-    assert delivered == sorted(delivered), "progress went backwards across the restart"
+    progress = [b["progress"] for b in delivered(backend, first)]
+    assert progress == sorted(progress), "progress went backwards across the restart"
 
 
-def test_a_clean_shutdown_requeues_the_running_job_and_a_restart_finishes_it(start_service: Callable[..., ServiceProcess]) -> None:
+def test_a_clean_shutdown_requeues_the_running_job_and_a_restart_finishes_it(start_service: Callable[..., ReconDouble]) -> None:
     service = start_service()
     job_id = service.submit(photos(service), simulate={"stage_seconds": 0.1})
     wait_until(lambda: service.job(job_id)["stage"] == "dense", 20, "the job to reach dense")

@@ -16,30 +16,28 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.conftest import write_photos
-from tests.service.harness import CALLBACK_TOKEN, FakeBackend, ServiceProcess, wait_until
+from recon_service.kit import CallbackRecorder, ReconDouble, write_jpegs
+from tests.helpers import CALLBACK_TOKEN, delivered, double, wait_statuses, wait_until
 
 SUCCESS = ["queued", "processing", "meshing", "texturing", "completed"]
 FAST = {"stage_seconds": 0.02}
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, FakeBackend]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ReconDouble, CallbackRecorder]]:
     root = tmp_path_factory.mktemp("lifecycle")
-    backend = FakeBackend()
-    service = ServiceProcess(
-        root / "service", root / "uploads", {"RECON_CALLBACK_URL": backend.url, "RECON_CALLBACK_TOKEN": CALLBACK_TOKEN}
-    ).start()
+    backend = CallbackRecorder(CALLBACK_TOKEN)
+    service = double(root / "service", root / "uploads", recorder=backend).start()
     yield service, backend
-    service.close()
+    service.stop()
     backend.close()
 
 
-def photos(service: ServiceProcess, count: int = 3) -> Path:
-    return write_photos(service.photos_root / uuid.uuid4().hex[:8], count)
+def photos(service: ReconDouble, count: int = 3) -> Path:
+    return write_jpegs(service.photos_root / uuid.uuid4().hex[:8], count)
 
 
-def test_a_job_completes_with_ordered_callbacks_and_a_loadable_textured_glb(stack: tuple[ServiceProcess, FakeBackend]) -> None:
+def test_a_job_completes_with_ordered_callbacks_and_a_loadable_textured_glb(stack: tuple[ReconDouble, CallbackRecorder]) -> None:
     import trimesh
 
     service, backend = stack
@@ -64,7 +62,7 @@ def test_a_job_completes_with_ordered_callbacks_and_a_loadable_textured_glb(stac
 
     job = service.job(job_id)
     model = Path(urlparse(job["model_uri"]).path)
-    assert job["model_uri"].startswith("file:///") and model == service.models.resolve() / job_id / "model.glb"
+    assert job["model_uri"].startswith("file:///") and model == service.models_root.resolve() / job_id / "model.glb"
     assert (job["stage"], job["eta_seconds"], job["cancelled"], job["attempts"]) == ("export", None, False, 1)
     assert "simulated" in job["message"]
     assert set(job["artifacts"]) == {"model.glb", "sparse", "points.ply", "preview.png", "report.json"}
@@ -76,75 +74,75 @@ def test_a_job_completes_with_ordered_callbacks_and_a_loadable_textured_glb(stac
     assert mesh.visual.kind == "texture" and mesh.visual.material.baseColorTexture is not None
     assert len(mesh.faces) == 12 and not list(model.parent.glob("*.tmp"))
 
-    assert backend.wait_for_status(job_id, "completed") == SUCCESS
-    calls = backend.calls_for(job_id)
-    assert all(c.authorization == f"Bearer {CALLBACK_TOKEN}" for c in calls)
+    assert wait_statuses(backend, job_id, "completed") == SUCCESS
+    calls = backend.calls_for(job_id, delivered_only=False)
+    assert all(c.headers.get("authorization") == f"Bearer {CALLBACK_TOKEN}" for c in calls)
     assert all(set(c.body) == {"job_id", "status", "progress", "message", "model_uri"} for c in calls)
     assert [c.body["progress"] for c in calls] == sorted(c.body["progress"] for c in calls)
-    assert backend.delivered(job_id, "progress"), "no progress callback was sent"
-    assert backend.delivered(job_id, "status")[-1]["model_uri"] == job["model_uri"]
+    assert delivered(backend, job_id, "progress"), "no progress callback was sent"
+    assert delivered(backend, job_id, "status")[-1]["model_uri"] == job["model_uri"]
 
 
-def test_fail_at_scenario_fails_the_job_at_that_stage_with_the_message(stack: tuple[ServiceProcess, FakeBackend]) -> None:
+def test_fail_at_scenario_fails_the_job_at_that_stage_with_the_message(stack: tuple[ReconDouble, CallbackRecorder]) -> None:
     service, backend = stack
     job_id = service.submit(photos(service), simulate={**FAST, "fail_at": "mesh", "message": "no surface could be built"})
     job = service.wait_job(job_id)
     assert job["status"] == "failed" and job["message"].startswith("mesh: no surface could be built")
     assert "simulated" in job["message"] and job["model_uri"] is None and job["cancelled"] is False
-    assert not (service.models / job_id).exists(), "partial output was left behind"
-    assert backend.wait_for_status(job_id, "failed") == ["queued", "processing", "meshing", "failed"]
-    assert backend.delivered(job_id, "status")[-1]["message"] == job["message"]
+    assert not (service.models_root / job_id).exists(), "partial output was left behind"
+    assert wait_statuses(backend, job_id, "failed") == ["queued", "processing", "meshing", "failed"]
+    assert delivered(backend, job_id, "status")[-1]["message"] == job["message"]
 
 
-def test_duplicate_callbacks_scenario_sends_every_callback_twice(stack: tuple[ServiceProcess, FakeBackend]) -> None:
+def test_duplicate_callbacks_scenario_sends_every_callback_twice(stack: tuple[ReconDouble, CallbackRecorder]) -> None:
     service, backend = stack
     job_id = service.submit(photos(service), simulate={**FAST, "duplicate_callbacks": True})
     wait_until(lambda: backend.statuses(job_id).count("completed") == 2, 30, "both completed callbacks")
     assert backend.statuses(job_id) == [s for s in SUCCESS for _ in range(2)]
 
 
-def test_callback_delay_scenario_holds_back_each_callback(stack: tuple[ServiceProcess, FakeBackend]) -> None:
+def test_callback_delay_scenario_holds_back_each_callback(stack: tuple[ReconDouble, CallbackRecorder]) -> None:
     service, backend = stack
     submitted = time.monotonic()
     job_id = service.submit(photos(service), simulate={**FAST, "callback_delay_s": 0.4})
-    first_at = wait_until(lambda: backend.calls_for(job_id) and time.monotonic(), 10, "the first callback")
+    first_at = wait_until(lambda: backend.calls_for(job_id, delivered_only=False) and time.monotonic(), 10, "the first callback")
     assert first_at - submitted >= 0.4
-    assert backend.wait_for_status(job_id, "completed") == SUCCESS
+    assert wait_statuses(backend, job_id, "completed") == SUCCESS
 
 
-def test_stage_seconds_scenario_slows_every_stage(stack: tuple[ServiceProcess, FakeBackend]) -> None:
+def test_stage_seconds_scenario_slows_every_stage(stack: tuple[ReconDouble, CallbackRecorder]) -> None:
     service, backend = stack
     job_id = service.submit(photos(service), simulate={"stage_seconds": 0.15})
     job = service.wait_job(job_id)
-    backend.wait_for_status(job_id, "completed")
+    wait_statuses(backend, job_id, "completed")
     report = json.loads(Path(urlparse(job["artifacts"]["report.json"]).path).read_text())
     assert len(report["timings_s"]) == 8 and min(report["timings_s"].values()) >= 0.15
 
 
-def test_callbacks_are_retried_until_a_failing_backend_recovers_and_stay_in_order(stack: tuple[ServiceProcess, FakeBackend]) -> None:
+def test_callbacks_are_retried_until_a_failing_backend_recovers_and_stay_in_order(stack: tuple[ReconDouble, CallbackRecorder]) -> None:
     service, backend = stack
     backend.fail_next(2, 500)
     backend.fail_next(1, 503)
     backend.fail_next(1, 429)
     backend.fail_next(1, 408)
     job_id = service.submit(photos(service), simulate=FAST)
-    assert backend.wait_for_status(job_id, "completed") == SUCCESS
-    first_answers = [c.answered for c in backend.calls_for(job_id)][:6]
+    assert wait_statuses(backend, job_id, "completed") == SUCCESS
+    first_answers = [c.answered for c in backend.calls_for(job_id, delivered_only=False)][:6]
     assert first_answers == [500, 500, 503, 429, 408, 200]
-    assert {c.body["status"] for c in backend.calls_for(job_id)[:6]} == {"queued"}  # the same callback, retried
+    assert {c.body["status"] for c in backend.calls_for(job_id, delivered_only=False)[:6]} == {"queued"}  # the same callback, retried
 
 
-def test_a_callback_rejected_with_a_4xx_is_not_retried_and_later_ones_still_arrive(stack: tuple[ServiceProcess, FakeBackend]) -> None:
+def test_a_callback_rejected_with_a_4xx_is_not_retried_and_later_ones_still_arrive(stack: tuple[ReconDouble, CallbackRecorder]) -> None:
     service, backend = stack
     backend.fail_next(1, 400)
     job_id = service.submit(photos(service), simulate=FAST)
-    assert backend.wait_for_status(job_id, "completed") == SUCCESS[1:]
-    queued_calls = [c for c in backend.calls_for(job_id) if c.body["status"] == "queued" and c.kind == "status"]
+    assert wait_statuses(backend, job_id, "completed") == SUCCESS[1:]
+    queued_calls = [c for c in backend.calls_for(job_id, delivered_only=False) if c.body["status"] == "queued" and c.kind == "status"]
     assert [c.answered for c in queued_calls] == [400]
 
 
 def test_callbacks_are_given_up_after_their_maximum_age_and_later_ones_still_arrive(
-    start_service: Callable[..., ServiceProcess], backend: FakeBackend
+    start_service: Callable[..., ReconDouble], backend: CallbackRecorder
 ) -> None:
     service = start_service(env={"RECON_CALLBACK_MAX_AGE_S": "1"}, backend=backend)
     backend.fail_next(10**6, 500)
@@ -153,7 +151,7 @@ def test_callbacks_are_given_up_after_their_maximum_age_and_later_ones_still_arr
     wait_until(lambda: "given up after" in service.log(), 10, "the give-up to be logged")
     backend.heal()
     later = service.submit(photos(service), simulate=FAST)
-    assert backend.wait_for_status(later, "completed") == SUCCESS
+    assert wait_statuses(backend, later, "completed") == SUCCESS
     # The first job's oldest callbacks were abandoned (not retried for ever); whatever of it still
     # arrived is younger than the maximum age, and in order.
     assert "queued" not in backend.statuses(doomed)

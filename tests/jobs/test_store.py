@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from recon_service.store import CancelOutcome, InvalidTransition, JobState, NewJob, Store
+from recon_service.jobs.records import CancelOutcome, InvalidTransition, JobState, NewJob
+from recon_service.jobs.store import Store
 
 
 def new_job(**overrides: object) -> NewJob:
@@ -55,7 +56,7 @@ def test_progress_never_decreases_and_reaches_one_only_when_completed(store: Sto
     assert store.get(job.job_id).progress == 0.5  # type: ignore[union-attr]
     progress(store, job.job_id, 1, 1.0)
     assert store.get(job.job_id).progress < 1.0  # type: ignore[union-attr]
-    store.complete(job.job_id, 1, model_path="/m/model.glb", artifacts={}, message="completed")
+    store.complete(job.job_id, 1, model_uri="file:///m/model.glb", artifacts={}, message="completed")
     done = store.get(job.job_id)
     assert done is not None and (done.status, done.progress) == ("completed", 1.0)
 
@@ -73,7 +74,7 @@ def test_rerun_after_restart_keeps_status_and_progress_and_fences_the_old_attemp
     current = store.get(job.job_id)
     assert current is not None and (current.status, current.progress) == ("meshing", 0.7)  # ...but nothing goes back
     assert not progress(store, job.job_id, 1, 0.9)  # the stale first attempt can no longer write
-    assert not store.complete(job.job_id, 1, model_path="/x", artifacts={}, message="stale")
+    assert not store.complete(job.job_id, 1, model_uri="file:///x", artifacts={}, message="stale")
 
 
 def test_a_job_interrupted_too_often_fails_instead_of_running_again(store: Store) -> None:
@@ -103,7 +104,7 @@ def test_cancel_outcomes_follow_the_job_state(store: Store) -> None:
     store.claim_next()
     assert store.request_cancel(running.job_id)[0] is CancelOutcome.STOPPING
     assert store.cancel_reason(running.job_id) == "user"
-    store.complete(running.job_id, 1, model_path="/m", artifacts={}, message="completed")
+    store.complete(running.job_id, 1, model_uri="file:///m", artifacts={}, message="completed")
     assert store.request_cancel(running.job_id)[0] is CancelOutcome.FINISHED
     assert store.request_cancel(str(uuid.uuid4()))[0] is CancelOutcome.NOT_FOUND
 
@@ -117,7 +118,7 @@ def test_outbox_keeps_status_changes_in_order_and_throttles_progress(store: Stor
     time.sleep(0.25)
     progress(store, job.job_id, 1, 0.65, phase="meshing", stage="mesh")
     progress(store, job.job_id, 1, 0.66, phase="meshing", stage="mesh")
-    store.complete(job.job_id, 1, model_path="/m/model.glb", artifacts={}, message="completed")
+    store.complete(job.job_id, 1, model_uri="file:///m/model.glb", artifacts={}, message="completed")
     calls = [(c.kind, c.body["status"], c.body["progress"]) for c in store.callbacks_of(job.job_id)]
     statuses = [status for kind, status, _ in calls if kind == "status"]
     assert statuses == ["queued", "processing", "meshing", "completed"]
@@ -138,13 +139,13 @@ def test_no_callbacks_are_queued_without_a_callback_url(tmp_path: Path) -> None:
 def test_pruning_removes_only_settled_callbacks_of_jobs_finished_long_enough_ago(store: Store) -> None:
     old, _ = store.create_job(new_job())
     store.claim_next()
-    store.complete(old.job_id, 1, model_path="/m/model.glb", artifacts={}, message="completed")
+    store.complete(old.job_id, 1, model_uri="file:///m/model.glb", artifacts={}, message="completed")
     time.sleep(0.01)  # let the clock move, so the two jobs' finish times differ
     recent, _ = store.create_job(new_job())
     running, _ = store.create_job(new_job())
     store.claim_next()
     store.claim_next()
-    store.complete(recent.job_id, 1, model_path="/m/model.glb", artifacts={}, message="completed")
+    store.complete(recent.job_id, 1, model_uri="file:///m/model.glb", artifacts={}, message="completed")
     old_callbacks = store.callbacks_of(old.job_id)
     assert len(old_callbacks) >= 2
     store.callback_finished(old_callbacks[0].id, delivered=True)

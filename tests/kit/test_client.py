@@ -1,4 +1,4 @@
-"""``recon_service.client`` against the contract double: results, error translation, retries, callbacks."""
+"""``recon_service.kit.client`` against the contract double: results, error translation, retries, callbacks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from recon_service.client import (
+from recon_service.kit import ReconDouble, free_port
+from recon_service.kit.client import (
     AsyncReconClient,
     CallbackBody,
     CallbackReceiver,
@@ -34,7 +35,6 @@ from recon_service.client import (
     Unauthorized,
     WaitTimeout,
 )
-from recon_service.testing import ReconDouble, free_port
 
 QUICK = RetryPolicy(attempts=4, initial_s=0.01, max_s=0.05, jitter_s=0.01)
 FAST = {"stage_seconds": 0.01}

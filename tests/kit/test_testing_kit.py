@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recon_service.testing import CallbackRecorder, ReconDouble
+from recon_service.kit import CallbackRecorder, ReconDouble
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "backend_ci_example"
@@ -93,8 +93,8 @@ def test_the_recorder_answers_like_a_strict_backend() -> None:
 
 def test_importing_the_plugin_is_cheap_and_starts_nothing() -> None:
     code = (
-        "import sys, threading, recon_service.testing;"
-        "heavy = [m for m in ('httpx', 'fastapi', 'pydantic', 'PIL', 'numpy', 'pipelines', 'recon_service.app') if m in sys.modules];"
+        "import sys, threading, recon_service.kit.pytest_plugin;"
+        "heavy = [m for m in ('httpx', 'fastapi', 'pydantic', 'PIL', 'numpy', 'pipelines', 'recon_service.api', 'recon_service.jobs') if m in sys.modules];"
         "print(heavy, threading.active_count())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout

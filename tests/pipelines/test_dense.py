@@ -20,7 +20,7 @@ import pytest
 from fixtures import groundtruth
 from fixtures.scenes import make_scene
 from pipelines import dense
-from pipelines.dense_views import plan_views, prepare_views
+from pipelines.dense.views import plan_views, prepare_views
 from pipelines.errors import Cancelled, InvalidOptions, ReconstructionFailed
 from pipelines.evaluate import distances_to_mesh, sample_in_crop
 from pipelines.options import build_options
@@ -304,8 +304,8 @@ def test_cuda_backend_runs_colmap_undistortion_and_fusion(
 
     import pycolmap
 
-    from pipelines.dense_fusion import depth_normals
-    from pipelines.dense_views import View
+    from pipelines.dense.fusion import depth_normals
+    from pipelines.dense.views import PinholeView as View
 
     options = build_options("preview").dense
     cpu = dense.run(gt_sparse, tmp_path / "cpu", tmp_path / "cpu.ply", options, no_progress, CancelToken())

@@ -16,10 +16,11 @@ import trimesh
 from fixtures.scenes import make_scene
 from pipelines import export, texture
 from pipelines.errors import ReconstructionFailed
+from pipelines.export.preview import BACKGROUND, sample_texture
 from pipelines.options import build_options
-from pipelines.preview import BACKGROUND, sample_texture
 from pipelines.progress import CancelToken, no_progress
-from pipelines.views import View, load_views
+from pipelines.views import ColmapView as View
+from pipelines.views import load_views
 from tests.pipelines.surface_inputs import GtSparse, gt_sparse, gt_surface
 
 TEXTURE = replace(build_options("preview").texture, texture_size=1024)

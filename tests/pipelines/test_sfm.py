@@ -25,6 +25,7 @@ from pipelines import ingest, sfm
 from pipelines.errors import Cancelled, ReconstructionFailed
 from pipelines.options import IngestOptions, SfmOptions
 from pipelines.progress import CancelToken, no_progress
+from pipelines.sfm.colmap import route_colmap_log
 
 OPTIONS = SfmOptions()
 
@@ -183,7 +184,7 @@ def test_low_contrast_photos_are_extracted_again_with_a_lower_threshold(small_sc
         Image.fromarray(flat.round().astype(np.uint8)).save(photos / source.name, quality=95)
     ing = ingest.run(photos, tmp_path / "images", IngestOptions(), no_progress, CancelToken())
     grey = np.asarray(Image.open(ing.images_dir / ing.photos[0].name).convert("L"))
-    sfm.route_colmap_log(tmp_path)  # keep glog's file out of /tmp
+    route_colmap_log(tmp_path)  # keep glog's file out of /tmp
     default_sift = pycolmap.FeatureExtractor.create(pycolmap.FeatureExtractionOptions(), device=pycolmap.Device.cpu)
     assert len(default_sift.extract_from_uint8_array(grey)[0]) < 1024  # what one pass would have found
 

@@ -1,7 +1,4 @@
-"""The simulate pipeline on its own: same outputs, progress and errors as the real one, and its scenarios.
-
-(It lives under tests/service because it is the service's contract double.)
-"""
+"""The simulate pipeline on its own (the service's contract double): same outputs, progress and errors as the real one, and its scenarios."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ from pipelines.options import build_options
 from pipelines.progress import CancelToken, ProgressEvent
 from pipelines.run import STAGE_NAMES
 from pipelines.simulate import SimulateScenario, reconstruct
-from tests.conftest import write_photos
+from recon_service.kit import write_jpegs
 
 FAST = SimulateScenario(stage_seconds=0.01)
 
@@ -27,7 +24,7 @@ def test_writes_a_textured_glb_a_colmap_model_points_and_a_simulated_report(tmp_
     import trimesh
 
     events: list[ProgressEvent] = []
-    result = reconstruct(write_photos(tmp_path / "photos", 5), tmp_path / "out", build_options("preview"), events.append, scenario=FAST)
+    result = reconstruct(write_jpegs(tmp_path / "photos", 5), tmp_path / "out", build_options("preview"), events.append, scenario=FAST)
     assert set(result.artifacts) == {"model.glb", "sparse", "points.ply", "preview.png", "report.json"}
     assert all(path.exists() for path in result.artifacts.values())
     (mesh,) = trimesh.load(result.model_path).geometry.values()
@@ -46,14 +43,14 @@ def test_writes_a_textured_glb_a_colmap_model_points_and_a_simulated_report(tmp_
 
 def test_a_default_job_takes_about_a_second(tmp_path: Path) -> None:
     started = time.monotonic()
-    reconstruct(write_photos(tmp_path / "photos", 3), tmp_path / "out", build_options())
+    reconstruct(write_jpegs(tmp_path / "photos", 3), tmp_path / "out", build_options())
     assert 1.0 <= time.monotonic() - started < 5.0
 
 
 def test_fail_at_raises_reconstruction_failed_at_that_stage(tmp_path: Path) -> None:
     scenario = SimulateScenario(stage_seconds=0.01, fail_at="sparse", message="too few matches")
     with pytest.raises(ReconstructionFailed) as info:
-        reconstruct(write_photos(tmp_path / "photos", 3), tmp_path / "out", build_options(), scenario=scenario)
+        reconstruct(write_jpegs(tmp_path / "photos", 3), tmp_path / "out", build_options(), scenario=scenario)
     assert (info.value.stage, info.value.message) == ("sparse", "too few matches")
     assert not (tmp_path / "out" / "model.glb").exists()
 
@@ -66,7 +63,7 @@ def test_stall_waits_until_cancelled_and_stops_within_a_second(tmp_path: Path) -
 
     def run() -> None:
         try:
-            reconstruct(write_photos(tmp_path / "photos", 3), tmp_path / "out", build_options(), lambda e: stages.append(e.stage), cancel, scenario)
+            reconstruct(write_jpegs(tmp_path / "photos", 3), tmp_path / "out", build_options(), lambda e: stages.append(e.stage), cancel, scenario)
         except BaseException as exc:
             errors.append(exc)
 
@@ -85,7 +82,7 @@ def test_stall_waits_until_cancelled_and_stops_within_a_second(tmp_path: Path) -
 
 def test_too_few_or_unreadable_photos_are_invalid_input(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="at least 3"):
-        reconstruct(write_photos(tmp_path / "two", 2), tmp_path / "out", build_options(), scenario=FAST)
+        reconstruct(write_jpegs(tmp_path / "two", 2), tmp_path / "out", build_options(), scenario=FAST)
     broken = tmp_path / "broken"
     broken.mkdir()
     for i in range(3):

@@ -14,8 +14,8 @@ from fixtures import groundtruth
 from fixtures.scenes import make_scene
 from pipelines import texture
 from pipelines.errors import Cancelled
+from pipelines.export.preview import sample_texture
 from pipelines.options import build_options
-from pipelines.preview import sample_texture
 from pipelines.progress import CancelToken, no_progress
 from tests.pipelines.surface_inputs import GtSparse, GtSurface, gt_sparse, gt_surface
 

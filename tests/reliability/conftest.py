@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: services as real processes (tests/service/harness.py), a fake backend.
+"""Fixtures of the reliability tests: services as real processes (the testing kit: ReconDouble), a recording backend (CallbackRecorder).
 
 Each test states what it tried in its docstring and what it saw through ``observe(...)``
 (pytest's ``record_property``); ``python -m bench.reliability`` turns both into bench/reliability.md.
@@ -17,8 +17,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.service.conftest import backend, start_service  # noqa: F401 (fixtures reused, not redefined)
-from tests.service.harness import CALLBACK_TOKEN, FakeBackend, ServiceProcess, wait_until
+from recon_service.kit import CallbackRecorder, ReconDouble
+from tests.helpers import CALLBACK_TOKEN, double, wait_until
 
 SUCCESS = ["queued", "processing", "meshing", "texturing", "completed"]
 RANK = {s: i for i, s in enumerate(["queued", "processing", "meshing", "texturing"])} | {"completed": 4, "failed": 4}
@@ -37,41 +37,41 @@ def observe(record_property: Callable[[str, Any], None]) -> Observe:
 
 
 @pytest.fixture(scope="session")
-def hostile_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, FakeBackend]]:
+def hostile_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ReconDouble, CallbackRecorder]]:
     """One simulate-mode service (one worker, small limits) for the hostile path and request tests."""
     root = tmp_path_factory.mktemp("hostile")
-    fake = FakeBackend()
+    fake = CallbackRecorder(CALLBACK_TOKEN)
     env = {
         "RECON_CALLBACK_URL": fake.url, "RECON_CALLBACK_TOKEN": CALLBACK_TOKEN, "RECON_MAX_WORKERS": "1",
         "RECON_MAX_PHOTOS": "5", "RECON_MAX_PIXELS": "2000000",
     }  # fmt: skip
-    service = ServiceProcess(root / "service", root / "uploads", env)
+    service = double(root / "service", root / "uploads", env)
     service.photos_root.mkdir(parents=True)
     service.start()
     yield service, fake
-    service.close()
+    service.stop()
     fake.close()
 
 
 @pytest.fixture(scope="session")
-def busy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, FakeBackend]]:
+def busy_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ReconDouble, CallbackRecorder]]:
     """One simulate-mode service with four workers and a fake backend, for the fault and observability tests."""
     root = tmp_path_factory.mktemp("busy")
-    fake = FakeBackend()
+    fake = CallbackRecorder(CALLBACK_TOKEN)
     env = {"RECON_CALLBACK_URL": fake.url, "RECON_CALLBACK_TOKEN": CALLBACK_TOKEN, "RECON_MAX_WORKERS": "4"}
-    service = ServiceProcess(root / "service", root / "uploads", env)
+    service = double(root / "service", root / "uploads", env)
     service.photos_root.mkdir(parents=True)
     service.start()
     yield service, fake
-    service.close()
+    service.stop()
     fake.close()
 
 
-def metric(service: ServiceProcess, name: str, **labels: str) -> float:
+def metric(service: ReconDouble, name: str, **labels: str) -> float:
     """The sum of the samples ``name`` (with these label values) that ``GET /metrics`` reports now."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    response = service.client.get("/metrics")
+    response = service.http.get("/metrics")
     assert response.status_code == 200, response.text
     total = 0.0
     for family in text_string_to_metric_families(response.text):
@@ -86,7 +86,7 @@ def collapse(statuses: list[str]) -> list[str]:
     return [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
 
 
-def log_entries(service: ServiceProcess) -> list[dict[str, Any]]:
+def log_entries(service: ReconDouble) -> list[dict[str, Any]]:
     """The service's stderr lines that are JSON objects (the start-up banners of server.py are not)."""
     entries = []
     for line in service.log().splitlines():
@@ -95,7 +95,7 @@ def log_entries(service: ServiceProcess) -> list[dict[str, Any]]:
     return entries
 
 
-def worker_pid_of(service: ServiceProcess, job_id: str) -> int:
+def worker_pid_of(service: ReconDouble, job_id: str) -> int:
     """The pid of the worker running ``job_id``, from the service's own 'started in worker pid=' log line."""
 
     def find() -> int | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from recon_service.testing import write_jpegs
+from recon_service.kit import write_jpegs
 
 
 def noise_image(seed: str, size: tuple[int, int] = (320, 240), mode: str = "RGB") -> Image.Image:

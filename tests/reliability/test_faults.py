@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.run import PHASE_OF_STAGE, STAGE_NAMES
-from recon_service.testing import CallbackRecorder, free_port
+from recon_service.kit import CallbackRecorder, ReconDouble, free_port
+from tests.helpers import CALLBACK_TOKEN, delivered, wait_statuses, wait_until
 from tests.reliability import hostile
 from tests.reliability.conftest import (
     RANK,
@@ -33,12 +34,11 @@ from tests.reliability.conftest import (
     wait_gone,
     worker_pid_of,
 )
-from tests.service.harness import CALLBACK_TOKEN, FakeBackend, ServiceProcess, wait_until
 
-Stack = tuple[ServiceProcess, FakeBackend]
+Stack = tuple[ReconDouble, CallbackRecorder]
 
 
-def photos(service: ServiceProcess, size: tuple[int, int] = (320, 240)) -> Path:
+def photos(service: ReconDouble, size: tuple[int, int] = (320, 240)) -> Path:
     return hostile.valid_photos(service.photos_root / uuid.uuid4().hex[:8], 3, size=size)
 
 
@@ -61,7 +61,7 @@ def assert_database_consistent(db: Path) -> None:
 
 
 def test_the_service_killed_with_jobs_queued_running_and_completing_restarts_and_finishes_every_job(
-    start_service: Callable[..., ServiceProcess], backend: FakeBackend, observe: Observe
+    start_service: Callable[..., ReconDouble], backend: CallbackRecorder, observe: Observe
 ) -> None:
     """Two workers: one job writing its model (export), one in an early stage, two queued; SIGKILL the server, restart it."""
     service = start_service(env={"RECON_MAX_WORKERS": "2"}, backend=backend)
@@ -73,22 +73,22 @@ def test_the_service_killed_with_jobs_queued_running_and_completing_restarts_and
                "the first job to be writing its model", interval=0.01)  # fmt: skip
     at_kill = {name: service.job(j)["status"] for name, j in (("completing", completing), ("running", running), ("queued", queued[-1]))}
     # Its children: the two workers and multiprocessing's resource tracker; all must go away without the server.
-    workers = [p.pid for p in service_processes(data_dir) if p.pid != service.proc.pid]  # type: ignore[union-attr]
+    workers = [p.pid for p in service_processes(data_dir) if p.pid != service.pid]  # type: ignore[union-attr]
     service.kill()
     assert len(workers) >= 2, workers
     assert wait_gone(workers, 5) == [], "worker processes outlived the killed service by more than 5 s"
-    checked_at_kill = assert_no_half_written_models_or_tmp_only(service.models)
+    checked_at_kill = assert_no_half_written_models_or_tmp_only(service.models_root)
 
     service.start()
     final = {job_id: service.wait_job(job_id, timeout=40) for job_id in (completing, running, *queued)}
     assert all(job["status"] == "completed" for job in final.values()), final
     assert final[running]["attempts"] == 2 and all(final[q]["attempts"] == 1 for q in queued)
     for job_id in final:
-        statuses = backend.wait_for_status(job_id, "completed")
+        statuses = wait_statuses(backend, job_id, "completed")
         assert collapse(statuses) == SUCCESS, (job_id, statuses)
-        progress = [b["progress"] for b in backend.delivered(job_id)]
+        progress = [b["progress"] for b in delivered(backend, job_id)]
         assert progress == sorted(progress), f"progress callbacks of {job_id} went backwards: {progress}"
-    assert assert_no_half_written_models(service.models) == 4
+    assert assert_no_half_written_models(service.models_root) == 4
     service.stop()
     assert service_processes(data_dir) == [], "processes of the service are still running after it stopped"
     assert_database_consistent(data_dir / "jobs.sqlite3")
@@ -108,7 +108,7 @@ def assert_no_half_written_models_or_tmp_only(models: Path) -> str:
 
 
 def test_callbacks_survive_a_backend_that_refuses_then_answers_503_then_times_out(
-    start_service: Callable[..., ServiceProcess], observe: Observe
+    start_service: Callable[..., ReconDouble], observe: Observe
 ) -> None:
     """Backend port closed (connection refused), then 8 answers 503, then 3 answers 1.5 s late (client timeout 0.5 s), then healthy."""
     port = free_port()
@@ -130,9 +130,11 @@ def test_callbacks_survive_a_backend_that_refuses_then_answers_503_then_times_ou
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         for job_id in jobs:
-            recorder.wait_until(lambda calls, j=job_id: collapse([c.status for c in calls if c.job_id == j and c.kind == "status" and c.delivered]) == SUCCESS,
+            # By arrival: a delayed answer is recorded when it is sent, after calls that arrived later.
+            recorder.wait_until(lambda calls, j=job_id: collapse([c.status for c in sorted(calls, key=lambda c: c.received_at)
+                                                                  if c.job_id == j and c.kind == "status" and c.delivered]) == SUCCESS,
                                 30, f"every status callback of {job_id}")  # fmt: skip
-        wait_until(lambda: service.client.get("/readyz").json()["pending_callbacks"] == 0, 20, "the outbox to drain")
+        wait_until(lambda: service.http.get("/readyz").json()["pending_callbacks"] == 0, 20, "the outbox to drain")
         calls = recorder.calls
         for job_id in jobs:
             mine = sorted((c for c in calls if c.job_id == job_id and c.delivered), key=lambda c: c.received_at)
@@ -166,7 +168,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_fails_the_job_with_a_clear_message_and_the_next_job_completes(
-    small_disk: Path, start_service: Callable[..., ServiceProcess], backend: FakeBackend, observe: Observe
+    small_disk: Path, start_service: Callable[..., ReconDouble], backend: CallbackRecorder, observe: Observe
 ) -> None:
     """MODEL_OUTPUT_ROOT on a 256 kB tmpfs: a job with 1600x1200 photos cannot write its model; then a job with 128x96 photos."""
     service = start_service(env={"MODEL_OUTPUT_ROOT": str(small_disk)}, backend=backend)
@@ -174,14 +176,14 @@ def test_a_full_disk_fails_the_job_with_a_clear_message_and_the_next_job_complet
     job = service.wait_job(big)
     assert job["status"] == "failed" and job["message"].startswith(f"no space left on device while writing {small_disk}/"), job["message"]
     assert "MODEL_OUTPUT_ROOT" in job["message"] and not (small_disk / big).exists()
-    assert collapse(backend.wait_for_status(big, "failed"))[-1] == "failed"
-    ready = service.client.get("/readyz").json()
+    assert collapse(wait_statuses(backend, big, "failed"))[-1] == "failed"
+    ready = service.http.get("/readyz").json()
     assert ready["ready"] is True, ready
 
     small = service.submit(photos(service, size=(128, 96)), simulate={"stage_seconds": 0.02})
     done = service.wait_job(small)
     assert done["status"] == "completed" and done["model_uri"] == (small_disk / small / "model.glb").as_uri()
-    assert backend.wait_for_status(small, "completed") == SUCCESS
+    assert wait_statuses(backend, small, "completed") == SUCCESS
     assert assert_no_half_written_models(small_disk) == 1
     assert 0 < done["disk_bytes"] <= 256 * 1024
     assert_database_consistent(service.root / "data" / "jobs.sqlite3")
@@ -201,24 +203,24 @@ def test_a_worker_killed_in_each_stage_fails_only_its_job_and_keeps_its_last_log
             messages[stage] = kill_in_stage(service, fake, job_id, stage)
     finally:  # a failure must not leave stalled jobs holding the shared service's workers
         for job_id in victims.values():
-            service.client.post(f"/jobs/{job_id}/cancel")
+            service.http.post(f"/jobs/{job_id}/cancel")
     assert service.wait_job(survivor)["status"] == "completed"
     observe("stages killed", list(messages))
     observe("message", next(iter(messages.values())))
 
 
-def kill_in_stage(service: ServiceProcess, fake: FakeBackend, job_id: str, stage: str) -> str:
+def kill_in_stage(service: ReconDouble, fake: CallbackRecorder, job_id: str, stage: str) -> str:
     """SIGKILL the job's worker once it stalls in ``stage``; check the job's end; return its message."""
     job_log = service.root / "data" / "logs" / f"{job_id}.log"
     wait_until(lambda: job_log.exists() and f"simulated stall at {stage}" in job_log.read_text(), 30, f"job {job_id} to stall in {stage}")
     os.kill(worker_pid_of(service, job_id), signal.SIGKILL)
     job = service.wait_job(job_id)
     assert job["status"] == "failed" and job["message"].startswith("worker was killed, probably out of memory"), job
-    assert job["stage"] == stage and not (service.models / job_id).exists()
+    assert job["stage"] == stage and not (service.models_root / job_id).exists()
     tail = job["log_tail"] or []
     assert any(f"simulated stall at {stage}" in line for line in tail), tail
     assert any("ended with exit code -9" in line for line in tail), tail
     phases = ["queued", "processing", *(["meshing"] if RANK[PHASE_OF_STAGE[stage]] >= 2 else []),
               *(["texturing"] if RANK[PHASE_OF_STAGE[stage]] >= 3 else []), "failed"]  # fmt: skip
-    assert fake.wait_for_status(job_id, "failed") == phases
+    assert wait_statuses(fake, job_id, "failed") == phases
     return job["message"]

@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recon_service.kit import ReconDouble
+from tests.helpers import REPO, double
 from tests.reliability import hostile
 from tests.reliability.conftest import Observe, elapsed_since, is_root, new_job_id
-from tests.service.harness import REPO, ServiceProcess
 
 INGEST_FAILURE_S = 60.0
 """A job whose photos are all unusable must fail within this (worker start and imports included, 2 shared cores)."""
@@ -30,24 +31,24 @@ MAX_PIXELS = 2_000_000
 
 
 @pytest.fixture(scope="module")
-def real_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def real_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReconDouble]:
     root = tmp_path_factory.mktemp("real-ingest")
-    service = ServiceProcess(root / "service", root / "uploads", {"RECON_PIPELINE": "real", "RECON_MAX_PIXELS": str(MAX_PIXELS)})
+    service = double(root / "service", root / "uploads", {"RECON_PIPELINE": "real", "RECON_MAX_PIXELS": str(MAX_PIXELS)})
     service.photos_root.mkdir(parents=True)
     yield service.start()
-    service.close()
+    service.stop()
 
 
-def submit(service: ServiceProcess, folder: Path, **options: object) -> str:
+def submit(service: ReconDouble, folder: Path, **options: object) -> str:
     count = len([p for p in folder.iterdir() if not p.name.startswith(".")])
     payload = {"job_id": new_job_id(), "dataset_name": "hostile photos", "photo_count": count, "photos_dir": str(folder),
                "options": {"preset": "preview", **options}}  # fmt: skip
-    response = service.client.post("/jobs", json=payload)
+    response = service.http.post("/jobs", json=payload)
     assert response.status_code == 202, response.text
     return payload["job_id"]
 
 
-def test_a_job_of_only_broken_photos_fails_at_ingest_in_seconds_naming_each_file(real_service: ServiceProcess, observe: Observe) -> None:
+def test_a_job_of_only_broken_photos_fails_at_ingest_in_seconds_naming_each_file(real_service: ReconDouble, observe: Observe) -> None:
     """0-byte, truncated JPEG, text named .jpg, a 50000x50000 PNG bomb, and a photo over RECON_MAX_PIXELS."""
     folder = real_service.photos_root / "broken"
     folder.mkdir()
@@ -78,7 +79,7 @@ def test_a_job_of_only_broken_photos_fails_at_ingest_in_seconds_naming_each_file
     observe("message", message)
 
 
-def test_unusual_photos_are_used_and_duplicates_are_skipped(real_service: ServiceProcess, observe: Observe) -> None:
+def test_unusual_photos_are_used_and_duplicates_are_skipped(real_service: ReconDouble, observe: Observe) -> None:
     """CMYK JPEG, 16-bit PNG, nonsense EXIF, random-bytes EXIF, a photo, its byte copy and a recompressed copy.
     ``ingest.min_photos`` is set one above the usable count so the job stops after ingest and says what it skipped."""
     folder = real_service.photos_root / "unusual"
@@ -109,6 +110,7 @@ from pipelines import ingest
 from pipelines.errors import InvalidInput
 from pipelines.options import build_options
 from pipelines.progress import CancelToken
+from tests.helpers import REPO, double
 os.setgid(65534); os.setuid(65534)
 try:
     result = ingest.run(Path(sys.argv[1]), Path(sys.argv[2]), build_options("preview").ingest, lambda f, m: None, CancelToken())

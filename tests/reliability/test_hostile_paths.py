@@ -15,22 +15,23 @@ from pathlib import Path
 import httpx
 import pytest
 
+from recon_service.kit import CallbackRecorder, ReconDouble
+from tests.helpers import wait_statuses, wait_until
 from tests.reliability import hostile
 from tests.reliability.conftest import SUCCESS, Observe, is_root, new_job_id
-from tests.service.harness import FakeBackend, ServiceProcess, wait_until
 
-Stack = tuple[ServiceProcess, FakeBackend]
+Stack = tuple[ReconDouble, CallbackRecorder]
 FAST = {"stage_seconds": 0.01}
 
 
-def photos(service: ServiceProcess, count: int = 3) -> Path:
+def photos(service: ReconDouble, count: int = 3) -> Path:
     return hostile.valid_photos(service.photos_root / new_job_id()[:8], count)
 
 
-def submit(service: ServiceProcess, photos_dir: Path | str, photo_count: int = 3, **fields: object) -> httpx.Response:
+def submit(service: ReconDouble, photos_dir: Path | str, photo_count: int = 3, **fields: object) -> httpx.Response:
     payload = {"job_id": new_job_id(), "dataset_name": "scan", "photo_count": photo_count, "photos_dir": str(photos_dir), **fields}
     started = time.monotonic()
-    response = service.client.post("/jobs", json=payload)
+    response = service.http.post("/jobs", json=payload)
     assert time.monotonic() - started < 5, "the submission blocked"
     response.extensions["job_id"] = payload["job_id"]
     return response
@@ -57,18 +58,22 @@ def test_dot_dot_segments_are_resolved_before_the_root_check(hostile_stack: Stac
     observe("escapes", escapes)
 
 
-def test_a_photo_symlinked_to_a_device_file_is_refused_naming_it(hostile_stack: Stack, observe: Observe) -> None:
-    """``photo_4.jpg`` → ``/dev/zero`` (outside the root), and ``photo_4.jpg`` → a ``/dev/null`` node made inside the root (as root)."""
+def test_a_photo_symlinked_anywhere_is_refused_naming_it(hostile_stack: Stack, observe: Observe) -> None:
+    """``photo_4.jpg`` → ``/dev/zero`` (outside the root), → a real photo inside the root, and (as root) → a
+    ``/dev/null`` node made inside the root: photos are never reached through a link."""
     service, _ = hostile_stack
     folder = photos(service)
     (folder / "photo_4.jpg").symlink_to("/dev/zero")
-    errors = [assert_400(submit(service, folder, 4), "photo_4.jpg", "outside the allowed photos root")]
+    errors = [assert_400(submit(service, folder, 4), "photo_4.jpg is a symbolic link")]
+    (folder / "photo_4.jpg").unlink()
+    (folder / "photo_4.jpg").symlink_to(folder / "photo_1.jpg")
+    errors.append(assert_400(submit(service, folder, 4), "photo_4.jpg is a symbolic link"))
     if is_root():
         (folder / "photo_4.jpg").unlink()
         node = service.photos_root / f"null-{new_job_id()[:6]}"
         os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # the same device as /dev/null
         (folder / "photo_4.jpg").symlink_to(node)
-        errors.append(assert_400(submit(service, folder, 4), "photo_4.jpg is a device"))
+        errors.append(assert_400(submit(service, folder, 4), "photo_4.jpg is a symbolic link"))
     observe("errors", errors)
 
 
@@ -99,8 +104,8 @@ def test_paths_the_os_refuses_are_400_not_500(hostile_stack: Stack, observe: Obs
         assert_400(submit(service, f"{root}/x\x00y"), "photos_dir"),
         assert_400(submit(service, root / ("n" * 300)), "photos_dir"),
         assert_400(submit(service, loop_a), "photos_dir"),
-        assert_400(submit(service, dangling, 4), "photo_4.jpg", "cannot be read"),
-        assert_400(submit(service, looping, 4), "photo_4.jpg", "cannot be read"),
+        assert_400(submit(service, dangling, 4), "photo_4.jpg is a symbolic link"),
+        assert_400(submit(service, looping, 4), "photo_4.jpg is a symbolic link"),
     ]
     observe("errors", errors)
 
@@ -126,23 +131,23 @@ def test_a_folder_that_changes_after_submission_fails_its_job_naming_the_problem
     (folders["outside"] / "photo_2.jpg").symlink_to(outside)
     (folders["device"] / "photo_3.jpg").unlink()
     (folders["device"] / "photo_3.jpg").symlink_to("/dev/zero")
-    assert service.client.post(f"/jobs/{staller}/cancel").status_code == 202
+    assert service.http.post(f"/jobs/{staller}/cancel").status_code == 202
 
     expected = {
         "removed": "no longer exists",
         "fifo": "photo_2.jpg is a FIFO",
-        "outside": "photo_2.jpg links to a file outside the allowed photos root",
-        "device": "photo_3.jpg links to a file outside the allowed photos root",
+        "outside": "photo_2.jpg is a symbolic link",
+        "device": "photo_3.jpg is a symbolic link",
     }
     messages = {}
     for case, job_id in jobs.items():
         job = service.wait_job(job_id, timeout=30)
         assert job["status"] == "failed" and expected[case] in job["message"], (case, job["message"])
-        assert fake.wait_for_status(job_id, "failed") == ["queued", "processing", "failed"]
+        assert wait_statuses(fake, job_id, "failed") == ["queued", "processing", "failed"]
         messages[case] = job["message"]
     after = submit(service, photos(service), simulate=FAST).extensions["job_id"]
     assert service.wait_job(after)["status"] == "completed"
-    assert fake.wait_for_status(after, "completed") == SUCCESS
+    assert wait_statuses(fake, after, "completed") == SUCCESS
     observe("messages", messages)
 
 

@@ -1,6 +1,6 @@
 """Hostile and broken requests against a real service: each gets a clear 4xx, never a 5xx, and the service keeps serving.
 
-(The property-based fuzz run over the whole OpenAPI document is tests/service/test_api_fuzz.py;
+(The property-based fuzz run over the whole OpenAPI document is tests/api/test_api_fuzz.py;
 these are the hand-picked cases it is unlikely to generate.)
 """
 
@@ -19,24 +19,25 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from recon_service import auth
+from recon_service.api import auth
+from recon_service.kit import CallbackRecorder, ReconDouble
+from tests.helpers import TOKEN, delivered, wait_statuses, wait_until
 from tests.reliability import hostile
 from tests.reliability.conftest import SUCCESS, Observe, log_entries, new_job_id
-from tests.service.harness import TOKEN, FakeBackend, ServiceProcess, wait_until
 
-Stack = tuple[ServiceProcess, FakeBackend]
+Stack = tuple[ReconDouble, CallbackRecorder]
 
 
-def photos(service: ServiceProcess, name: str | None = None, count: int = 3) -> Path:
+def photos(service: ReconDouble, name: str | None = None, count: int = 3) -> Path:
     return hostile.valid_photos(service.photos_root / (name or new_job_id()[:8]), count)
 
 
-def body(service: ServiceProcess, **fields: Any) -> dict[str, Any]:
+def body(service: ReconDouble, **fields: Any) -> dict[str, Any]:
     return {"job_id": new_job_id(), "dataset_name": "scan", "photo_count": 3, "photos_dir": str(photos(service)), **fields}
 
 
-def post_raw(service: ServiceProcess, content: bytes) -> httpx.Response:
-    return service.client.post("/jobs", content=content, headers={"Content-Type": "application/json"})
+def post_raw(service: ReconDouble, content: bytes) -> httpx.Response:
+    return service.http.post("/jobs", content=content, headers={"Content-Type": "application/json"})
 
 
 def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
@@ -48,7 +49,7 @@ def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
     return error["error"]
 
 
-def assert_serving(service: ServiceProcess) -> None:
+def assert_serving(service: ReconDouble) -> None:
     ready = httpx.get(service.url + "/readyz", timeout=5)
     assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
 
@@ -102,9 +103,9 @@ def test_unknown_fields_are_ignored_and_do_not_change_the_idempotency_key(hostil
     """A body with extra top-level fields (``priority``, ``__proto__``, ``photos_root``) is accepted as if they were absent."""
     service, _ = hostile_stack
     payload = body(service)
-    first = service.client.post("/jobs", json={**payload, "priority": 99, "__proto__": {"admin": True}, "photos_root": "/"})
+    first = service.http.post("/jobs", json={**payload, "priority": 99, "__proto__": {"admin": True}, "photos_root": "/"})
     assert first.status_code == 202, first.text
-    again = service.client.post("/jobs", json={**payload, "something_else": 1})
+    again = service.http.post("/jobs", json={**payload, "something_else": 1})
     assert (again.status_code, again.json()) == (202, first.json())
     job = service.job(payload["job_id"])
     assert not {"priority", "__proto__", "photos_root", "something_else"} & set(job)
@@ -121,7 +122,7 @@ def test_a_10_mb_body_gets_413_declared_or_chunked_and_the_service_keeps_serving
         for i in range(0, len(big), 1 << 16):
             yield big[i : i + (1 << 16)]
 
-    response = service.client.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    response = service.http.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"})
     assert_error(response, 413)
     assert_serving(service)
     observe("declared and chunked", "413 both; /readyz 200 afterwards")
@@ -143,7 +144,7 @@ def test_very_long_strings_get_400_with_a_short_message(case: str, hostile_stack
     fields, name = LONG[case]
     if case == "photos_dir_component_300":
         fields = {"photos_dir": str(service.photos_root / ("d" * 300))}  # inside the root: the OS refuses the name
-    response = service.client.post("/jobs", json=body(service, **fields))
+    response = service.http.post("/jobs", json=body(service, **fields))
     assert_error(response, 400, name)
     assert len(response.content) < 2000, f"the error echoes {len(response.content)} bytes"
 
@@ -158,12 +159,12 @@ def test_unicode_names_are_stored_returned_and_reconstructed_intact(hostile_stac
         photo.rename(folder / f"照片_{i} é.jpg")
     payload = {"job_id": new_job_id(), "dataset_name": name, "photo_count": 3, "photos_dir": str(folder), "notes": "über 🙂",
                "simulate": {"stage_seconds": 0.01}}  # fmt: skip
-    assert service.client.post("/jobs", json=payload).status_code == 202
+    assert service.http.post("/jobs", json=payload).status_code == 202
     job = service.wait_job(payload["job_id"])
     assert (job["status"], job["dataset_name"]) == ("completed", name)
-    listed = {j["job_id"]: j["dataset_name"] for j in service.client.get("/jobs", params={"limit": 100}).json()["jobs"]}
+    listed = {j["job_id"]: j["dataset_name"] for j in service.http.get("/jobs", params={"limit": 100}).json()["jobs"]}
     assert listed[payload["job_id"]] == name
-    assert fake.wait_for_status(payload["job_id"], "completed") == SUCCESS
+    assert wait_statuses(fake, payload["job_id"], "completed") == SUCCESS
     observe("job", f"completed; dataset_name returned byte-identical ({len(name.encode())} UTF-8 bytes)")
 
 
@@ -176,14 +177,14 @@ def test_cr_lf_in_fields_cannot_inject_headers_callbacks_or_log_lines(hostile_st
     (folder / "photo_1.jpg").rename(folder / "photo\r\nX-Injected: yes.jpg")
     payload = body(service, photos_dir=str(folder), dataset_name=injected, notes=log_forgery,
                    simulate={"stage_seconds": 0.01, "fail_at": "sparse", "message": "boom\r\nX-Injected: yes"})  # fmt: skip
-    assert service.client.post("/jobs", json=payload).status_code == 202
+    assert service.http.post("/jobs", json=payload).status_code == 202
     job = service.wait_job(payload["job_id"])
     assert job["status"] == "failed" and job["message"].startswith("sparse: boom\r\nX-Injected: yes")
     assert job["dataset_name"] == injected
-    fake.wait_for_status(payload["job_id"], "failed")
-    calls = fake.calls_for(payload["job_id"])
-    assert calls and all(c.authorization == "Bearer test-callback-token" for c in calls)
-    assert fake.delivered(payload["job_id"], "status")[-1]["message"] == job["message"]  # carried as JSON data, intact
+    wait_statuses(fake, payload["job_id"], "failed")
+    calls = fake.calls_for(payload["job_id"], delivered_only=False)
+    assert calls and all(c.headers.get("authorization") == "Bearer test-callback-token" for c in calls)
+    assert delivered(fake, payload["job_id"], "status")[-1]["message"] == job["message"]  # carried as JSON data, intact
 
     # Every stderr line is one JSON object; the forged one exists only inside a field, never as a line.
     lines = [line for line in service.log().splitlines() if line.strip()]
@@ -194,7 +195,7 @@ def test_cr_lf_in_fields_cannot_inject_headers_callbacks_or_log_lines(hostile_st
     assert not [e for e in entries if "X-Injected" in e and e.get("msg") != "forged"]
 
     # Headers: an encoded CR/LF in the path stays data; raw CR, LF and obsolete line folding are protocol errors.
-    response = service.client.get("/jobs/%0d%0aSet-Cookie:%20admin=1")
+    response = service.http.get("/jobs/%0d%0aSet-Cookie:%20admin=1")
     assert_error(response, 404)
     assert "set-cookie" not in response.headers
     answers = {}
@@ -237,7 +238,7 @@ def test_wrong_empty_and_very_long_bearer_tokens_get_401(case: str, hostile_stac
     assert headers.get("www-authenticate") == "Bearer"
 
 
-def raw_request(service: ServiceProcess, request_line: bytes, headers: dict[str, bytes]) -> tuple[int, dict[str, str], bytes]:
+def raw_request(service: ReconDouble, request_line: bytes, headers: dict[str, bytes]) -> tuple[int, dict[str, str], bytes]:
     """Send exactly these bytes (httpx refuses to send some of them) and read one answer."""
     head = request_line + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
     head += b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers.items())
@@ -274,13 +275,13 @@ def test_photo_and_pixel_limits_are_service_settings_and_name_what_to_change(hos
     """RECON_MAX_PHOTOS=5 and RECON_MAX_PIXELS=2000000: 6 photos, and options asking for more, are refused; defaults are capped."""
     service, _ = hostile_stack
     six = photos(service, count=6)
-    too_many = assert_error(service.client.post("/jobs", json=body(service, photos_dir=str(six), photo_count=6)), 400, "RECON_MAX_PHOTOS", "found 6")
-    more_photos = assert_error(service.client.post("/jobs", json=body(service, options={"ingest.max_photos": 10})), 400,
+    too_many = assert_error(service.http.post("/jobs", json=body(service, photos_dir=str(six), photo_count=6)), 400, "RECON_MAX_PHOTOS", "found 6")
+    more_photos = assert_error(service.http.post("/jobs", json=body(service, options={"ingest.max_photos": 10})), 400,
                                "options.ingest.max_photos", "RECON_MAX_PHOTOS")  # fmt: skip
-    more_pixels = assert_error(service.client.post("/jobs", json=body(service, options={"ingest.max_pixels": 5_000_000})), 400,
+    more_pixels = assert_error(service.http.post("/jobs", json=body(service, options={"ingest.max_pixels": 5_000_000})), 400,
                                "options.ingest.max_pixels", "RECON_MAX_PIXELS")  # fmt: skip
     payload = body(service, options={"preset": "high", "ingest.max_pixels": 1_500_000}, simulate={"stage_seconds": 0.01})
-    assert service.client.post("/jobs", json=payload).status_code == 202
+    assert service.http.post("/jobs", json=payload).status_code == 202
     options = service.job(payload["job_id"])["options"]
     assert (options["ingest.max_photos"], options["ingest.max_pixels"]) == (5, 1_500_000)
     service.wait_job(payload["job_id"])
@@ -291,9 +292,9 @@ def test_the_service_answers_normally_after_every_hostile_request(hostile_stack:
     """After all of the above (this module runs it last): a normal job completes with every callback."""
     service, fake = hostile_stack
     payload = body(service, simulate={"stage_seconds": 0.01})
-    assert service.client.post("/jobs", json=payload).status_code == 202
+    assert service.http.post("/jobs", json=payload).status_code == 202
     assert service.wait_job(payload["job_id"])["status"] == "completed"
-    assert fake.wait_for_status(payload["job_id"], "completed") == SUCCESS
+    assert wait_statuses(fake, payload["job_id"], "completed") == SUCCESS
     errors = [e for e in log_entries(service) if e["level"] == "ERROR"]
     assert not errors, f"the service logged errors: {errors[:3]}"
-    wait_until(lambda: service.client.get("/readyz").json()["pending_callbacks"] == 0, 10, "the outbox to drain")
+    wait_until(lambda: service.http.get("/readyz").json()["pending_callbacks"] == 0, 10, "the outbox to drain")

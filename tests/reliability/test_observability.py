@@ -9,16 +9,17 @@ from pathlib import Path
 import httpx
 
 from pipelines.run import STAGE_NAMES
+from recon_service.kit import CallbackRecorder, ReconDouble
 from recon_service.logs import TAIL_LINES
+from tests.helpers import wait_until
 from tests.reliability import hostile
 from tests.reliability.conftest import Observe, log_entries, metric
-from tests.service.harness import FakeBackend, ServiceProcess, wait_until
 
-Stack = tuple[ServiceProcess, FakeBackend]
+Stack = tuple[ReconDouble, CallbackRecorder]
 FAST = {"stage_seconds": 0.02}
 
 
-def photos(service: ServiceProcess) -> Path:
+def photos(service: ReconDouble) -> Path:
     return hostile.valid_photos(service.photos_root / uuid.uuid4().hex[:8], 3)
 
 
@@ -31,11 +32,11 @@ def test_metrics_report_jobs_queue_workers_stage_durations_and_callbacks(busy_st
     service.wait_job(done), service.wait_job(failed)
     stalled = [service.submit(photos(service), simulate={**FAST, "stall": True, "stall_at": "features"}) for _ in range(5)]
     wait_until(lambda: sum(service.job(j)["stage"] == "features" for j in stalled) == 4, 30, "four jobs to stall in features")
-    wait_until(lambda: service.client.get("/readyz").json()["pending_callbacks"] == 0, 20, "the outbox to drain")
+    wait_until(lambda: service.http.get("/readyz").json()["pending_callbacks"] == 0, 20, "the outbox to drain")
 
     assert httpx.get(service.url + "/metrics").status_code == 401, "metrics must need the bearer token"
     for status in ("queued", "processing", "meshing", "texturing", "completed", "failed"):
-        stored = service.client.get("/jobs", params={"status": status, "limit": 1}).json()["total"]
+        stored = service.http.get("/jobs", params={"status": status, "limit": 1}).json()["total"]
         assert metric(service, "recon_jobs", status=status) == stored, status
     assert metric(service, "recon_queue_depth") == 1
     assert metric(service, "recon_running_workers") == 4 == metric(service, "recon_max_workers")
@@ -51,7 +52,7 @@ def test_metrics_report_jobs_queue_workers_stage_durations_and_callbacks(busy_st
 
     cancelled_before = metric(service, "recon_stage_duration_seconds_count", stage="features", outcome="cancelled")
     for job_id in stalled:
-        service.client.post(f"/jobs/{job_id}/cancel")
+        service.http.post(f"/jobs/{job_id}/cancel")
     for job_id in stalled:
         assert service.wait_job(job_id)["cancelled"] is True
     assert metric(service, "recon_stage_duration_seconds_count", stage="features", outcome="cancelled") == cancelled_before + 4
@@ -97,6 +98,6 @@ def test_a_failed_job_shows_its_last_log_lines_and_others_do_not(busy_stack: Sta
     assert any(" mesh " in line and "failed after" in line for line in tail), tail
     assert any("started pipeline=simulate" in line for line in tail)
     assert service.wait_job(completed)["log_tail"] is None
-    listed = service.client.get("/jobs", params={"limit": 5}).json()["jobs"]
+    listed = service.http.get("/jobs", params={"limit": 5}).json()["jobs"]
     assert all(j["log_tail"] is None and j["disk_bytes"] is None for j in listed)
     observe("log_tail", tail)

@@ -8,12 +8,14 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from recon_service.retention import WORK_DIR, RetentionSweeper, disk_bytes
+from recon_service.jobs.records import NewJob
+from recon_service.jobs.retention import WORK_DIR, RetentionSweeper, disk_bytes
+from recon_service.jobs.store import Store
+from recon_service.kit import ReconDouble
 from recon_service.settings import Settings
-from recon_service.store import NewJob, Store
+from tests.helpers import wait_until
 from tests.reliability import hostile
 from tests.reliability.conftest import Observe, log_entries
-from tests.service.harness import ServiceProcess, wait_until
 
 
 def fill(folder: Path, megabytes: int) -> Path:
@@ -25,7 +27,7 @@ def fill(folder: Path, megabytes: int) -> Path:
 
 
 def test_retention_removes_finished_jobs_working_files_and_disk_bytes_follows(
-    start_service: Callable[..., ServiceProcess], observe: Observe
+    start_service: Callable[..., ReconDouble], observe: Observe
 ) -> None:
     """RECON_RETENTION_S=2: a completed job's work/ (2 MB) goes about 2 s after it finished; a running job's stays; model.glb stays."""
     import trimesh
@@ -36,26 +38,26 @@ def test_retention_removes_finished_jobs_working_files_and_disk_bytes_follows(
     running = service.submit(hostile.valid_photos(service.photos_root / "b", 3), simulate={"stage_seconds": 0.02, "stall": True})
     wait_until(lambda: service.job(finished)["stage"] == "matching", 20, "the first job to be running")
     wait_until(lambda: service.job(running)["stage"] == "dense", 20, "the second job to stall")
-    fill(service.models / finished / WORK_DIR, 2)
-    fill(service.models / running / WORK_DIR, 1)
+    fill(service.models_root / finished / WORK_DIR, 2)
+    fill(service.models_root / running / WORK_DIR, 1)
 
     job = service.wait_job(finished)
     before = job["disk_bytes"]
     assert job["status"] == "completed" and before >= 2 << 20, job
-    wait_until(lambda: not (service.models / finished / WORK_DIR).exists(), 10, "retention to remove the finished job's work/")
+    wait_until(lambda: not (service.models_root / finished / WORK_DIR).exists(), 10, "retention to remove the finished job's work/")
     swept_after = time.time() - job_finished_at(service, finished)
     after = service.job(finished)["disk_bytes"]
     assert 0 < after < before - (2 << 20) + (64 << 10), (before, after)
-    assert len(trimesh.load(service.models / finished / "model.glb", force="scene").geometry) > 0
-    assert (service.models / running / WORK_DIR).exists(), "retention touched a running job"
+    assert len(trimesh.load(service.models_root / finished / "model.glb", force="scene").geometry) > 0
+    assert (service.models_root / running / WORK_DIR).exists(), "retention touched a running job"
     assert any(e.get("job_id") == finished and "retention: removed" in e["msg"] for e in log_entries(service))
     assert 2.0 <= swept_after <= 8.0, swept_after
-    service.client.post(f"/jobs/{running}/cancel")
+    service.http.post(f"/jobs/{running}/cancel")
     observe("disk_bytes", {"before": before, "after": after})
     observe("work/ removed", f"{swept_after:.1f} s after the job finished (RECON_RETENTION_S=2)")
 
 
-def job_finished_at(service: ServiceProcess, job_id: str) -> float:
+def job_finished_at(service: ReconDouble, job_id: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(service.job(job_id)["updated_at"]).timestamp()
@@ -76,7 +78,7 @@ def test_retention_of_models_removes_whole_folders_of_finished_jobs_only(tmp_pat
     for name in ("completed", "failed", "running"):
         claimed = store.claim_next()
         assert claimed is not None and claimed.job_id == ids[name]
-    store.complete(ids["completed"], 1, model_path=str(tmp_path / "models" / ids["completed"] / "model.glb"), artifacts={}, message="ok")
+    store.complete(ids["completed"], 1, model_uri=str(tmp_path / "models" / ids["completed"] / "model.glb"), artifacts={}, message="ok")
     store.fail(ids["failed"], 1, message="no")
     folders = {name: fill(tmp_path / "models" / job_id / WORK_DIR, 1).parent for name, job_id in ids.items()}
     folders["unknown job"] = fill(tmp_path / "models" / str(uuid.uuid4()) / WORK_DIR, 1).parent
@@ -93,7 +95,7 @@ def test_retention_of_models_removes_whole_folders_of_finished_jobs_only(tmp_pat
 
     store.create_job(NewJob(other := str(uuid.uuid4()), {}, "x", 3, str(tmp_path), None, {"preset": "preview"}, None))
     store.claim_next(), store.claim_next()  # the queued job, then this one
-    store.complete(other, 1, model_path="m", artifacts={}, message="ok")
+    store.complete(other, 1, model_uri="m", artifacts={}, message="ok")
     kept = fill(tmp_path / "models" / other / WORK_DIR, 1).parent
     (kept / "model.glb").write_bytes(b"glTF")
     (removal,) = RetentionSweeper(settings(False), store).sweep(now=time.time() + 61)

@@ -1,0 +1,34 @@
+"""Whether this environment has the reconstruction stack (the ``recon-service[pipeline]`` extra).
+
+The light install (service, contract double, client kit) runs the simulate pipeline only; the
+real one needs the packages below. They are looked up without being imported (importing pycolmap
+and Open3D costs seconds and hundreds of MB), so the service can say what is missing at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+REAL_PIPELINE_PACKAGES: dict[str, str] = {
+    "pycolmap": "pycolmap",
+    "open3d": "open3d-cpu",
+    "cv2": "opencv-python-headless",
+    "scipy": "scipy",
+    "fast_simplification": "fast-simplification",
+    "pillow_heif": "pillow-heif",
+}
+"""Module the real pipeline imports → the distribution that provides it."""
+INSTALL_HINT = "pip install 'recon-service[pipeline]'"
+
+
+def missing_packages() -> list[str]:
+    """Distributions of the real pipeline that are not installed here (empty when all are)."""
+    return [dist for module, dist in REAL_PIPELINE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def stack_problem() -> str | None:
+    """What to install for the real pipeline, or ``None`` when it can run here."""
+    missing = missing_packages()
+    if not missing:
+        return None
+    return f"the reconstruction stack is not installed (missing: {', '.join(missing)}); install it with {INSTALL_HINT}, or run RECON_PIPELINE=simulate"

@@ -1,0 +1,1 @@
+"""One module of endpoints per resource: ``jobs``, ``options``, ``health``, ``metrics``."""
