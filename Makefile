@@ -3,9 +3,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench reliability lint openapi clean
+.PHONY: install run test test-fast bench reliability lint openapi lock clean
 
-$(STAMP): pyproject.toml scripts/bootstrap.sh
+$(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 	./scripts/bootstrap.sh
 	@touch $(STAMP)
 
@@ -30,7 +30,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 openapi: $(STAMP)  ## regenerate the committed openapi.json from the code
-	$(PY) -m recon_service.openapi > openapi.json
+	$(PY) -m recon_service.api.openapi > openapi.json
+
+lock: $(STAMP)  ## re-resolve every dependency (all extras, Linux x86_64 and aarch64, Python 3.11+) into requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml --all-extras --universal --python-version 3.11 --upgrade -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache data

@@ -34,5 +34,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
-echo "installed into .venv"
+# Every version comes from the lock file (make lock refreshes it): the same on every machine and in CI.
+.venv/bin/python -m pip install -q -c requirements.lock -e '.[pipeline,dev]'
+echo "installed into .venv (locked versions from requirements.lock)"
