@@ -32,3 +32,13 @@ def stack_problem() -> str | None:
     if not missing:
         return None
     return f"the reconstruction stack is not installed (missing: {', '.join(missing)}); install it with {INSTALL_HINT}, or run RECON_PIPELINE=simulate"
+
+
+def import_native_libraries() -> None:
+    """Import pycolmap now, before a caller installs its own SIGTERM handler.
+
+    Importing pycolmap installs glog's failure signal handler, which takes over SIGTERM at the C
+    level (it prints a stack trace and exits) and so silently replaces a Python handler installed
+    earlier. Importing it first lets the handler installed afterwards win.
+    """
+    import pycolmap  # noqa: F401

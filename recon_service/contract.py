@@ -93,6 +93,22 @@ class JobAccepted(BaseModel):
     message: str = "queued"
 
 
+class CallbackCounts(BaseModel):
+    """A job's callbacks by delivery state (additive, ``GET /jobs/{job_id}`` only)."""
+
+    pending: int = Field(description="Queued or being retried.")
+    delivered: int = Field(description="Accepted by the backend (2xx).")
+    dead: int = Field(description="Given up (rejected, or older than RECON_CALLBACK_MAX_AGE_S) and kept; POST /jobs/{job_id}/callbacks/redeliver sends them again.")
+
+
+class Redelivery(BaseModel):
+    """``POST /jobs/{job_id}/callbacks/redeliver``: how many dead letters were queued again."""
+
+    job_id: str
+    redelivered: int = Field(description="Dead callbacks queued again, in their original order, with a fresh RECON_CALLBACK_MAX_AGE_S.")
+    callbacks: CallbackCounts
+
+
 class JobPublic(BaseModel):
     """``GET /jobs/{job_id}``: the contract's four fields first, then additive ones."""
 
@@ -115,6 +131,9 @@ class JobPublic(BaseModel):
     simulated: bool = Field(description="True when the job ran through the simulate pipeline, not a real reconstruction.")
     disk_bytes: int | None = Field(
         None, description="Bytes on disk under the job's output folder now (GET /jobs/{job_id} only; null in lists)."
+    )
+    callbacks: CallbackCounts | None = Field(
+        None, description="This job's callbacks by delivery state (GET /jobs/{job_id} only; null in lists and when callbacks are off)."
     )
     log_tail: list[str] | None = Field(
         None, description="A failed job's last log lines (worker and service), oldest first, to explain its message; null otherwise."

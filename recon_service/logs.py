@@ -5,26 +5,29 @@ Every line is one JSON object (``RECON_LOG_FORMAT=json``, the default) with ``ts
 about a job, and ``exc`` (the traceback) when there is one. Values are JSON-escaped, so a CR/LF in a
 dataset name or a photo's file name can never forge a log line.
 
-A line is about a job when it is logged in a worker process (which runs exactly one job), when it
-passes ``extra={"job_id": ...}``, or when its message names one as ``job=<uuid>`` (the service's
-convention). Its ``stage`` is the worker's current stage, or the job's stage in the store for lines
-of the server process.
+A line is about a job only when the code says so explicitly: it is logged in a worker process
+(which runs exactly one job, :func:`bind_job`), inside :func:`job_context`, or with
+``extra=about(job_id)``. Nothing is inferred from a message's text, so a request path or a
+dataset name that looks like a job id never tags a line. Its ``stage`` is the worker's current
+stage, or the job's stage in the store for lines of the server process.
 
 Job lines are also appended to ``<RECON_DATA_DIR>/logs/<job_id>.log`` (same JSON lines, worker and
 server lines of every attempt), so a failed job keeps its last lines; :func:`read_tail` reads them
-for ``GET /jobs/{job_id}``'s ``log_tail``. A worker also routes what native libraries (COLMAP,
+for ``GET /jobs/{job_id}``'s ``log_tail``. In the server a line is tagged, and its file written,
+only for a job the store holds (:func:`set_job_lookup`): no file is ever created for another id. A worker also routes what native libraries (COLMAP,
 Open3D) write to file descriptor 2 into the log as ``native`` lines (:func:`capture_native_stderr`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
-import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,7 +40,7 @@ TAIL_LINES = 50
 TAIL_BYTES = 256 * 1024
 """At most this much of the end of a job's log file is read for its tail."""
 
-_JOB_IN_MESSAGE = re.compile(r"\bjob=([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
+_CURRENT_JOB: contextvars.ContextVar[str | None] = contextvars.ContextVar("recon_job", default=None)
 _GLOG_LEVEL = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 
 
@@ -45,13 +48,13 @@ class _ProcessContext:
     """What this process knows about the job its lines belong to (one per process: logging is process-wide).
 
     A worker binds its one job and updates the stage as the pipeline advances; the server installs
-    a stage lookup (the store) while its app runs.
+    a job lookup (the store) while its app runs.
     """
 
     def __init__(self) -> None:
         self.job_id: str | None = None
         self.stage: str | None = None
-        self.stage_lookup: Callable[[str], str | None] | None = None
+        self.job_lookup: Callable[[str], tuple[bool, str | None]] | None = None
 
 
 _context = _ProcessContext()
@@ -71,36 +74,57 @@ def set_stage(stage: str | None) -> None:
     _context.stage = stage
 
 
-def set_stage_lookup(lookup: Callable[[str], str | None] | None) -> None:
-    """Where the server finds a job's current stage for its own lines (``None`` to remove)."""
-    _context.stage_lookup = lookup
+def set_job_lookup(lookup: Callable[[str], tuple[bool, str | None]] | None) -> None:
+    """How the server learns whether a job exists and its stage now: ``lookup(job_id) -> (known, stage)`` (``None`` to remove)."""
+    _context.job_lookup = lookup
+
+
+@contextmanager
+def job_context(job_id: str) -> Iterator[None]:
+    """Lines logged inside this block (this thread or task) are about ``job_id``."""
+    token = _CURRENT_JOB.set(job_id)
+    try:
+        yield
+    finally:
+        _CURRENT_JOB.reset(token)
+
+
+def about(job_id: str) -> dict[str, str]:
+    """``extra=about(job_id)``: this one line is about ``job_id``."""
+    return {"job_id": job_id}
 
 
 class JobFields(logging.Filter):
-    """Adds ``job_id`` and ``stage`` to each record about a job (never drops a record)."""
+    """Adds ``job_id`` and ``stage`` to each record about a job (never drops a record).
+
+    About a job means: an explicit ``extra={"job_id": ...}``, the :func:`job_context` in force, or
+    the job this (worker) process runs. In the server, an id the store does not hold is not tagged.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if hasattr(record, "recon_job"):
             return True  # already done by the other handler
-        job_id = getattr(record, "job_id", None) or _context.job_id
-        if job_id is None:
-            try:
-                match = _JOB_IN_MESSAGE.search(record.getMessage())
-            except Exception:  # a broken format string: logging reports it itself
-                match = None
-            job_id = match.group(1) if match else None
+        job_id = getattr(record, "job_id", None) or _CURRENT_JOB.get() or _context.job_id
         stage = getattr(record, "stage", None)
-        if job_id is not None and stage is None:
-            if _context.job_id == job_id:
-                stage = _context.stage
-            elif _context.stage_lookup is not None:
-                try:
-                    stage = _context.stage_lookup(job_id)
-                except Exception:  # a log line must never fail because the store is busy
-                    stage = None
+        if job_id is not None and job_id != _context.job_id:
+            job_id, looked_up = self._look_up(job_id)
+            stage = stage or looked_up
+        elif job_id is not None and stage is None:
+            stage = _context.stage
         record.recon_job = job_id
         record.recon_stage = stage
         return True
+
+    @staticmethod
+    def _look_up(job_id: str) -> tuple[str | None, str | None]:
+        lookup = _context.job_lookup
+        if lookup is None:
+            return job_id, None  # no store here (a tool, a test): the caller's word is taken
+        try:
+            known, stage = lookup(job_id)
+        except Exception:  # a log line must never fail because the store is busy
+            return None, None
+        return (job_id, stage) if known else (None, None)
 
 
 class JsonFormatter(logging.Formatter):

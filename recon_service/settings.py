@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RECON_"
+ATTEMPTS_DIR = ".attempts"
 
 
 class SettingsError(ValueError):
@@ -108,6 +109,16 @@ class Settings(BaseSettings):
     def job_output_dir(self, job_id: str) -> Path:
         """``MODEL_OUTPUT_ROOT/<job_id>/``: where the job's model.glb and other artifacts go."""
         return self.model_output_root / job_id
+
+    @property
+    def attempts_root(self) -> Path:
+        """``MODEL_OUTPUT_ROOT/.attempts/``: each running attempt's own folder, on the output's filesystem."""
+        return self.model_output_root / ATTEMPTS_DIR
+
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        """Where attempt ``attempt`` of the job writes while it runs: no other attempt (a stale one that
+        has not noticed yet) can ever touch it. It becomes ``job_output_dir`` only when it succeeded."""
+        return self.attempts_root / f"{job_id}.{attempt}"
 
 
 def env_name(field: str) -> str:

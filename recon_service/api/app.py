@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
         requeued = store.recover(max_attempts=MAX_ATTEMPTS, give_up_message=GIVE_UP_MESSAGE)
         if requeued:
             logger.info("re-queued %d job(s) interrupted by the last shutdown: %s", len(requeued), ", ".join(requeued))
-        logs.set_stage_lookup(store.stage_of)
+        logs.set_job_lookup(store.job_info)
         service.executor.start()
         if service.callbacks is not None:
             service.callbacks.start()
@@ -89,7 +89,7 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
                 await asyncio.to_thread(service.callbacks.stop)
             if sweeper is not None:
                 await asyncio.to_thread(sweeper.stop)
-            logs.set_stage_lookup(None)
+            logs.set_job_lookup(None)
             os.close(lock)
             logger.info("recon-service stopped")
 

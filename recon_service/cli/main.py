@@ -131,6 +131,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             done.set()
 
     worker = threading.Thread(target=work, name="reconstruct", daemon=True)
+    from pipelines.stack import import_native_libraries
+
+    import_native_libraries()  # pycolmap's import takes SIGTERM over: import it before our handler
     previous = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel())
     worker.start()
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from recon_service.jobs import messages, runner
 from recon_service.jobs.records import JobState
 from recon_service.jobs.store import Store
+from recon_service.logs import about
 from recon_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,9 @@ class LocalProcessExecutor:
 
     # -- Executor ------------------------------------------------------------------------------
     def start(self) -> None:
+        # No worker runs yet: attempt folders left by the last run (killed workers) belong to nobody.
+        for leftover in self._settings.attempts_root.glob("*") if self._settings.attempts_root.is_dir() else ():
+            runner.remove_output(leftover)
         self._thread.start()
 
     def submit(self, job_id: str) -> None:
@@ -79,15 +84,16 @@ class LocalProcessExecutor:
             workers = list(self._workers.values())
         for w in workers:
             if w.process.is_alive():
-                w.process.terminate()
+                _signal_group(w.process, signal.SIGTERM)
         deadline = time.monotonic() + KILL_AFTER_TERM_S + 1.0
         for w in workers:
             w.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join(timeout=2)
-            if self._store.requeue(w.job_id, w.attempt, message="re-queued: the service was stopped while it ran"):
-                logger.info("job=%s interrupted by shutdown; re-queued", w.job_id)
+            _signal_group(w.process, signal.SIGKILL)  # the worker, if still there, and anything it left
+            w.process.join(timeout=2)
+            runner.remove_output(self._settings.attempt_dir(w.job_id, w.attempt))
+            message = f"re-queued: the service was stopped while it ran; attempt {w.attempt + 1} of {messages.MAX_ATTEMPTS} starts at the next start"
+            if self._store.requeue(w.job_id, w.attempt, message=message):
+                logger.info("job=%s interrupted by shutdown; re-queued", w.job_id, extra=about(w.job_id))
         with self._lock:
             self._workers.clear()
 
@@ -109,18 +115,18 @@ class LocalProcessExecutor:
         for w in finished:
             w.process.join()
             exitcode = w.process.exitcode
+            _signal_group(w.process, signal.SIGKILL)  # nothing the worker started outlives it
+            runner.remove_output(self._settings.attempt_dir(w.job_id, w.attempt))
             job = self._store.get(w.job_id)
             if job is not None and job.state is JobState.RUNNING and job.attempts == w.attempt:
-                # The worker died without recording a result: fail its job (output first, so
-                # nobody sees a failed job with partial output).
-                runner.remove_output(self._settings.job_output_dir(w.job_id))
+                # The worker died without recording a result: fail its job (its attempt folder is gone already).
                 reason = job.cancel_reason if job.cancel_requested else None
                 message = messages.stopped_message(reason, self._settings) if reason is not None else messages.message_for_exit(exitcode)
                 # Logged before the job fails, so the job's log tail explains the failure as soon as anyone sees it.
-                logger.warning("job=%s worker pid=%s ended with exit code %s: %s", w.job_id, w.process.pid, exitcode, message)
+                logger.warning("job=%s worker pid=%s ended with exit code %s: %s", w.job_id, w.process.pid, exitcode, message, extra=about(w.job_id))
                 self._store.fail(w.job_id, w.attempt, message=message, cancelled=reason is not None and reason != "timeout")
             else:
-                logger.info("job=%s worker pid=%s finished (exit code %s)", w.job_id, w.process.pid, exitcode)
+                logger.info("job=%s worker pid=%s finished (exit code %s)", w.job_id, w.process.pid, exitcode, extra=about(w.job_id))
             w.process.close()
             with self._lock:
                 self._workers.pop(w.job_id, None)
@@ -134,15 +140,15 @@ class LocalProcessExecutor:
             if w.stop_deadline is None:
                 if now - w.started > self._settings.job_timeout_s:
                     self._store.request_timeout(w.job_id, w.attempt)
-                    logger.warning("job=%s exceeded RECON_JOB_TIMEOUT_S=%g s; stopping", w.job_id, self._settings.job_timeout_s)
+                    logger.warning("job=%s exceeded RECON_JOB_TIMEOUT_S=%g s; stopping", w.job_id, self._settings.job_timeout_s, extra=about(w.job_id))
                 if self._store.cancel_reason(w.job_id) is not None:
                     w.stop_deadline = now + self._settings.cancel_grace_s
             elif w.terminated_at is None and now >= w.stop_deadline:
-                logger.warning("job=%s worker pid=%s did not stop within %g s; terminating", w.job_id, w.process.pid, self._settings.cancel_grace_s)
-                w.process.terminate()
+                logger.warning("job=%s worker pid=%s did not stop within %g s; terminating", w.job_id, w.process.pid, self._settings.cancel_grace_s, extra=about(w.job_id))
+                _signal_group(w.process, signal.SIGTERM)
                 w.terminated_at = now
             elif w.terminated_at is not None and now - w.terminated_at >= KILL_AFTER_TERM_S:
-                w.process.kill()
+                _signal_group(w.process, signal.SIGKILL)
 
     def _start_queued(self) -> None:
         while not self._stopping.is_set():
@@ -160,9 +166,28 @@ class LocalProcessExecutor:
             try:
                 process.start()
             except Exception as exc:  # out of processes or memory: fail this job, keep serving
-                logger.exception("job=%s cannot start a worker", job.job_id)
+                logger.exception("job=%s cannot start a worker", job.job_id, extra=about(job.job_id))
                 self._store.fail(job.job_id, job.attempts, message=f"could not start a worker process ({exc}); try again later")
                 continue
             with self._lock:
                 self._workers[job.job_id] = _Worker(job.job_id, job.attempts, process)
-            logger.info("job=%s attempt=%d started in worker pid=%s", job.job_id, job.attempts, process.pid)
+            logger.info("job=%s attempt=%d started in worker pid=%s", job.job_id, job.attempts, process.pid, extra=about(job.job_id))
+
+
+def _signal_group(process: Any, sig: int) -> None:
+    """Send ``sig`` to the worker's process group (it leads one: ``worker_main``), so its children get it too.
+
+    A live worker that has not made its group yet (just started) gets the signal directly; a reaped
+    one never does (its pid may belong to someone else by now), only what is left of its group.
+    """
+    pid = process.pid
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:  # no such group (not made yet, or everything in it has exited)
+        if process.exitcode is None:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass

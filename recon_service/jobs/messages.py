@@ -69,6 +69,8 @@ def message_for_exit(exitcode: int | None) -> str:
     """The job message for a worker process that ended without recording a result."""
     if exitcode == -signal.SIGKILL:
         return "worker was killed, probably out of memory; try the preview preset or fewer photos"
+    if exitcode == 128 + signal.SIGTERM:  # our SIGTERM handler's exit: stopped from outside, cleanly
+        return "worker was stopped (SIGTERM) before it finished; submit the job again"
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name

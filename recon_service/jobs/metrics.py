@@ -15,6 +15,7 @@ Metrics (all prefixed ``recon_``)::
     queue_depth                           gauge      jobs waiting for a worker
     running_workers / max_workers         gauge      worker processes running now / allowed
     callbacks_pending                     gauge      callbacks in the outbox not yet delivered
+    callbacks_dead                        gauge      callbacks given up, kept as dead letters
     stage_duration_seconds{stage,outcome} histogram  wall time of each pipeline stage run (outcome:
                                                      done, failed, cancelled, interrupted), all time
     callback_deliveries_total{kind}       counter    callbacks the backend accepted (2xx)
@@ -92,6 +93,9 @@ class _StoreCollector(Collector):
         yield GaugeMetricFamily("recon_running_workers", "Worker processes running a job now.", value=len(self._executor.running()))
         yield GaugeMetricFamily("recon_max_workers", "Worker processes allowed at once (RECON_MAX_WORKERS).", value=self._settings.max_workers)
         yield GaugeMetricFamily("recon_callbacks_pending", "Callbacks in the outbox not yet delivered.", value=self._store.pending_callback_count())
+        yield GaugeMetricFamily(
+            "recon_callbacks_dead", "Callbacks given up and kept as dead letters (POST /jobs/{id}/callbacks/redeliver).", value=self._store.dead_callback_count()
+        )
         yield self._stage_histogram()
 
     def _stage_histogram(self) -> HistogramMetricFamily:

@@ -112,10 +112,35 @@ def _as_uri(path: str) -> str:
     return path if "://" in path else Path(path).as_uri() if Path(path).is_absolute() else path
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    """Callbacks given up are kept as dead letters: state 'failed' becomes 'dead' (SQLite changes a CHECK by rebuilding)."""
+    _execute_script(conn, """
+    CREATE TABLE callbacks_v4 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,        -- delivery order per job
+        job_id      TEXT NOT NULL,
+        kind        TEXT NOT NULL CHECK (kind IN ('status', 'progress')),
+        body        TEXT NOT NULL,                            -- the job's state to report (a snapshot, not an HTTP body)
+        state       TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        last_error  TEXT,
+        created_at  REAL NOT NULL,                            -- queued (or queued again by a redelivery), Unix seconds
+        updated_at  REAL NOT NULL
+    );
+    INSERT INTO callbacks_v4 (id, job_id, kind, body, state, attempts, last_error, created_at, updated_at)
+        SELECT id, job_id, kind, body, CASE state WHEN 'failed' THEN 'dead' ELSE state END, attempts, last_error, created_at, updated_at
+        FROM callbacks;
+    DROP TABLE callbacks;
+    ALTER TABLE callbacks_v4 RENAME TO callbacks;
+    CREATE INDEX callbacks_by_state ON callbacks (state, job_id, id);
+    CREATE INDEX callbacks_by_job ON callbacks (job_id, id);
+    """)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and the callback outbox", _v1),
     Migration(2, "stage_runs: one row per pipeline stage of each attempt", _v2),
     Migration(3, "model_uri and artifact URIs instead of paths", _v3),
+    Migration(4, "callbacks given up are dead letters (state 'dead')", _v4),
 )
 LATEST = MIGRATIONS[-1].version
 

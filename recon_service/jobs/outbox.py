@@ -6,9 +6,19 @@ job, a callback is attempted only after the previous one was delivered or given 
 status is never delivered before an earlier one. Delivery is at least once (the backend is
 idempotent): a crash between sending and recording sends that callback again after a restart.
 
-The retry policy is one tenacity object (:func:`retry_policy`): exponential backoff with jitter
-from ``RECON_CALLBACK_RETRY_INITIAL_S`` (1 s) doubling up to ``RECON_CALLBACK_RETRY_MAX_S``
-(5 min), giving up ``RECON_CALLBACK_MAX_AGE_S`` (24 h) after the callback was queued.
+The retry policy is one tenacity object (:meth:`CallbackDispatcher.retry_policy`), by answer:
+
+* network errors, timeouts, 408, 429 and 5xx: exponential backoff with jitter from
+  ``RECON_CALLBACK_RETRY_INITIAL_S`` (1 s) doubling up to ``RECON_CALLBACK_RETRY_MAX_S`` (5 min);
+* 401, 403, 404 and 409 to a *status* callback (a token being rotated, a route deployed late):
+  retried too, more slowly (from :data:`SLOW_RETRY_INITIAL_S`, capped by the same maximum), with
+  one error line per job saying what the backend answers and what to check;
+* any other non-2xx answer, and any 4xx to a progress callback: not retried.
+
+Either way a callback is given up ``RECON_CALLBACK_MAX_AGE_S`` (24 h) after it was queued. A
+callback given up is not deleted: it stays in the store as a dead letter, counted in
+``GET /jobs/{job_id}`` (``callbacks.dead``) and ``/metrics``, and
+``POST /jobs/{job_id}/callbacks/redeliver`` queues the job's dead letters again.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 from recon_service.contract import CallbackBody
 from recon_service.jobs.records import Callback
 from recon_service.jobs.store import Store
+from recon_service.logs import about
 from recon_service.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,17 +48,33 @@ POLL_S = 0.25
 MAX_PARALLEL_POSTS = 16
 
 
+SLOW_RETRY_INITIAL_S = 30.0
+"""First delay after a 401/403/404/409 to a status callback (seconds, at most RECON_CALLBACK_RETRY_MAX_S)."""
+SLOW_RETRY_STATUSES = frozenset({401, 403, 404, 409})
+"""Answers that usually mean the backend is being reconfigured, not that the callback is wrong."""
+
+
 class CallbackError(Exception):
-    """A failed delivery attempt; ``retryable`` for network errors, 408, 429 and 5xx."""
+    """A failed delivery attempt: ``retry`` (network, 408, 429, 5xx), ``slow`` (401/403/404/409 to a
+    status callback: retried slowly) or ``final`` (any other answer: given up at once)."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, kind: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.retryable = retryable
+        self.kind = kind
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind != "final"
 
 
-def is_retryable_status(status: int) -> bool:
-    """408, 429 and 5xx are worth retrying; other non-2xx answers are permanent."""
-    return status in (408, 429) or status >= 500
+def answer_kind(status: int, callback_kind: str) -> str:
+    """How to treat a non-2xx ``status`` answered to a ``status`` or ``progress`` callback."""
+    if status in (408, 429) or status >= 500:
+        return "retry"
+    if status in SLOW_RETRY_STATUSES and callback_kind == "status":
+        return "slow"
+    return "final"
 
 
 class CallbackDispatcher:
@@ -111,7 +138,7 @@ class CallbackDispatcher:
                 for job_id in [j for j, t in tasks.items() if t.done()]:
                     task = tasks.pop(job_id)
                     if not task.cancelled() and task.exception() is not None:
-                        logger.error("job=%s callback delivery crashed: %r", job_id, task.exception())
+                        logger.error("job=%s callback delivery crashed: %r", job_id, task.exception(), extra=about(job_id))
                 self._wake_event.clear()
                 wake = asyncio.create_task(self._wake_event.wait())
                 stop = asyncio.create_task(self._stop_event.wait())
@@ -144,15 +171,18 @@ class CallbackDispatcher:
                 async for attempt in self.retry_policy(cb):
                     with attempt:
                         async with limits:
-                            await self._post(client, url, body)
+                            await self._post(client, url, body, cb.kind)
         except CallbackError as exc:
             if self._stopping:
                 return  # still pending: delivered after the next start
             age = time.time() - cb.created_at
             if exc.retryable:
-                logger.error("job=%s callback %s #%d given up after %.0f s (RECON_CALLBACK_MAX_AGE_S): %s", cb.job_id, cb.kind, cb.id, age, exc)
+                logger.error("job=%s callback %s #%d given up after %.0f s (RECON_CALLBACK_MAX_AGE_S), kept as a dead letter "
+                             "(POST /jobs/%s/callbacks/redeliver sends it again): %s", cb.job_id, cb.kind, cb.id, age, cb.job_id, exc,
+                             extra=about(cb.job_id))  # fmt: skip
             else:
-                logger.error("job=%s callback %s #%d rejected permanently: %s", cb.job_id, cb.kind, cb.id, exc)
+                logger.error("job=%s callback %s #%d rejected by the backend, not retried; kept as a dead letter: %s",
+                             cb.job_id, cb.kind, cb.id, exc, extra=about(cb.job_id))  # fmt: skip
             await asyncio.to_thread(self._store.callback_finished, cb.id, delivered=False, error=str(exc))
             if self._counters is not None:
                 self._counters.gave_up(cb.kind, rejected=not exc.retryable)
@@ -160,24 +190,42 @@ class CallbackDispatcher:
         await asyncio.to_thread(self._store.callback_finished, cb.id, delivered=True)
         if self._counters is not None:
             self._counters.delivered(cb.kind)
-        logger.debug("job=%s callback %s #%d delivered: %s", cb.job_id, cb.kind, cb.id, cb.body.get("status"))
+        logger.debug("job=%s callback %s #%d delivered: %s", cb.job_id, cb.kind, cb.id, cb.body.get("status"), extra=about(cb.job_id))
 
     def retry_policy(self, cb: Callback) -> AsyncRetrying:
-        """Exponential backoff with jitter, capped; stop at the callback's maximum age or shutdown."""
+        """Backoff by answer (see the module docstring); stop at the callback's maximum age or shutdown."""
         s = self._settings
+        fast = wait_exponential_jitter(initial=s.callback_retry_initial_s, max=s.callback_retry_max_s, jitter=s.callback_retry_initial_s)
+        slow_initial = min(SLOW_RETRY_INITIAL_S, s.callback_retry_max_s)
+        slow = wait_exponential_jitter(initial=slow_initial, max=s.callback_retry_max_s, jitter=slow_initial / 10)
+        warned: dict[str, bool] = {"slow": False}
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return (slow if isinstance(error, CallbackError) and error.kind == "slow" else fast)(state)
 
         def stop(state: RetryCallState) -> bool:
             return self._stopping or time.time() - cb.created_at >= s.callback_max_age_s
 
         async def record(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
-            logger.warning("job=%s callback %s #%d failed (try %d), retrying: %s", cb.job_id, cb.kind, cb.id, state.attempt_number, error)
+            if isinstance(error, CallbackError) and error.kind == "slow" and not warned["slow"]:
+                warned["slow"] = True
+                logger.error(
+                    "job=%s the backend answers HTTP %s to the %s callback; retrying every %g to %g s for up to %g s "
+                    "(RECON_CALLBACK_MAX_AGE_S); check that RECON_CALLBACK_URL points at the backend and RECON_CALLBACK_TOKEN is its token",
+                    cb.job_id, error.status, cb.body.get("status"), slow_initial, s.callback_retry_max_s, s.callback_max_age_s,
+                    extra=about(cb.job_id),
+                )  # fmt: skip
+            else:
+                logger.warning("job=%s callback %s #%d failed (try %d), retrying: %s", cb.job_id, cb.kind, cb.id, state.attempt_number, error,
+                               extra=about(cb.job_id))  # fmt: skip
             await asyncio.to_thread(self._store.callback_tried, cb.id, str(error))
             if self._counters is not None:
                 self._counters.retried(cb.kind)
 
         return AsyncRetrying(
-            wait=wait_exponential_jitter(initial=s.callback_retry_initial_s, max=s.callback_retry_max_s, jitter=s.callback_retry_initial_s),
+            wait=wait,
             stop=stop,
             retry=retry_if_exception(lambda e: isinstance(e, CallbackError) and e.retryable),
             before_sleep=record,
@@ -185,15 +233,15 @@ class CallbackDispatcher:
             reraise=True,
         )
 
-    async def _post(self, client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> None:
+    async def _post(self, client: httpx.AsyncClient, url: str, body: dict[str, Any], kind: str) -> None:
         try:
             response = await client.post(url, json=body)
         except httpx.HTTPError as exc:
-            raise CallbackError(f"{type(exc).__name__}: {exc} ({url})", retryable=True) from None
+            raise CallbackError(f"{type(exc).__name__}: {exc} ({url})", kind="retry") from None
         if 200 <= response.status_code < 300:
             return
         raise CallbackError(
-            f"HTTP {response.status_code} from {url}: {response.text[:200]}", retryable=is_retryable_status(response.status_code)
+            f"HTTP {response.status_code} from {url}: {response.text[:200]}", kind=answer_kind(response.status_code, kind), status=response.status_code
         )
 
     async def _sleep(self, seconds: float) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from recon_service.jobs.records import JobState
 from recon_service.jobs.store import Store
+from recon_service.logs import about
 from recon_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def disk_bytes(path: Path) -> int:
 
 
 class DiskUsage:
-    """``disk_bytes`` of each job's output folder, measured again when the job changed or after :data:`DISK_CACHE_S` s."""
+    """``disk_bytes`` of each job's output folder (and of its running attempt's folder), measured again when the job changed or after :data:`DISK_CACHE_S` s."""
 
     def __init__(self, settings: Settings, cache_s: float = DISK_CACHE_S) -> None:
         self._settings = settings
@@ -81,7 +82,9 @@ class DiskUsage:
             hit = self._cache.get(job_id)
         if hit is not None and hit[1] == version and now - hit[0] < self._cache_s:
             return hit[2]
-        size = disk_bytes(self._settings.job_output_dir(job_id))
+        attempts = self._settings.attempts_root
+        running = list(attempts.glob(f"{job_id}.*")) if attempts.is_dir() else []
+        size = disk_bytes(self._settings.job_output_dir(job_id)) + sum(disk_bytes(p) for p in running)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._cache_s}
@@ -166,7 +169,7 @@ class RetentionSweeper:
                 self._disk.forget(job.job_id)
             removed.append(Removal(job.job_id, target, size, age))
             logger.info("job=%s retention: removed %s (%d bytes), %.0f s after the job finished (RECON_RETENTION_S=%g)",
-                        job.job_id, target, size, age, self._retention_s)  # fmt: skip
+                        job.job_id, target, size, age, self._retention_s, extra=about(job.job_id))  # fmt: skip
         return removed
 
 

@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import Any
 from pipelines.errors import Cancelled, InvalidInput, ReconError
 from pipelines.progress import CancelToken, ProgressEvent
 from recon_service import logs
-from recon_service.jobs.messages import disk_full, mark, message_for_error, newest_file, stopped_message
+from recon_service.jobs.messages import MAX_ATTEMPTS, disk_full, mark, message_for_error, newest_file, stopped_message
 from recon_service.jobs.records import JobState
 from recon_service.jobs.store import Store, open_store
 from recon_service.settings import Settings
@@ -47,28 +48,52 @@ def load_pipeline(name: str) -> Callable[..., Any]:
 
 
 def remove_output(out_dir: Path) -> None:
-    """Remove a job's partial output (the whole ``MODEL_OUTPUT_ROOT/<job_id>/``)."""
+    """Remove an attempt's (or a job's) output folder and everything in it."""
     shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def run_job(job_id: str, settings: Settings, *, attempt: int | None = None, parent_pid: int | None = None) -> None:
+def publish_local(attempt_dir: Path, final: Path) -> None:
+    """Make a finished attempt's folder the job's output folder: one rename on the same filesystem,
+    so ``MODEL_OUTPUT_ROOT/<job_id>/`` never holds a mix of two attempts or a half-written model."""
+    if final.exists():
+        remove_output(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(attempt_dir, final)
+
+
+def _still_owned(store: Store, job_id: str, attempt: int) -> bool:
+    job = store.get(job_id)
+    return job is not None and job.state is JobState.RUNNING and job.attempts == attempt
+
+
+def run_job(
+    job_id: str,
+    settings: Settings,
+    *,
+    attempt: int | None = None,
+    parent_pid: int | None = None,
+    cancel: CancelToken | None = None,
+    terminating: threading.Event | None = None,
+) -> None:
     """Run the claimed (``running``) job ``job_id`` to its end and record the result in the store.
 
     ``attempt`` fences the run: if the job was re-queued or finished meanwhile, nothing is
     written. ``parent_pid``: stop at once if that process (the server) dies, since a restarted
-    server re-runs the job.
+    server re-runs the job. ``terminating`` set (the worker got SIGTERM): the attempt ends without
+    recording anything -- whoever stopped the worker decides what becomes of the job.
     """
+    terminating = terminating or threading.Event()
     store = open_store(settings)
     job = store.get(job_id)
     if job is None or job.state is not JobState.RUNNING or (attempt is not None and job.attempts != attempt):
         logger.warning("job=%s not running as attempt %s; nothing to do", job_id, attempt)
         return
     attempt = job.attempts
-    out_dir = settings.job_output_dir(job_id)
-    remove_output(out_dir)  # a previous, interrupted attempt's leftovers
-    cancel = CancelToken()
+    out_dir = settings.attempt_dir(job_id, attempt)
+    remove_output(out_dir)
+    cancel = cancel or CancelToken()
     watcher = _CancelWatcher(store, job_id, cancel, parent_pid)
-    writer = _ProgressWriter(store, job_id, attempt, cancel)
+    writer = _ProgressWriter(store, job_id, attempt, cancel, held=job.progress)
     started = time.monotonic()
     logger.info("job=%s attempt=%d started pipeline=%s photos=%d", job_id, attempt, settings.pipeline, job.photo_count)
     watcher.start()
@@ -89,6 +114,8 @@ def run_job(job_id: str, settings: Settings, *, attempt: int | None = None, pare
         watcher.stop()
         writing = newest_file(out_dir) if disk_full(exc) is not None else None  # before the output is removed
         remove_output(out_dir)
+        if terminating.is_set():
+            raise SystemExit(128 + signal.SIGTERM) from None
         if isinstance(exc, Exception):  # logged before the job fails: its log tail then explains the failure
             logger.info("job=%s attempt=%d failed after %.1f s: %s", job_id, attempt, time.monotonic() - started, exc)
         if isinstance(exc, Cancelled):
@@ -103,19 +130,48 @@ def run_job(job_id: str, settings: Settings, *, attempt: int | None = None, pare
             raise
         return
     watcher.stop()
-    artifacts = {name: Path(path).resolve().as_uri() for name, path in result.artifacts.items()}
-    store.complete(job_id, attempt, model_uri=Path(result.model_path).resolve().as_uri(), artifacts=artifacts,
-                   message=mark("completed", settings))  # fmt: skip
+    if terminating.is_set():  # the stop was swallowed on its way up: the run must not count
+        remove_output(out_dir)
+        raise SystemExit(128 + signal.SIGTERM)
+    final = settings.job_output_dir(job_id)
+    if store.get(job_id) is None or not _still_owned(store, job_id, attempt):
+        remove_output(out_dir)  # re-queued or finished elsewhere meanwhile: this attempt's output is moot
+        logger.warning("job=%s attempt=%d finished but no longer owns the job; its output was discarded", job_id, attempt)
+        return
+    publish_local(out_dir, final)
+    artifacts = {name: (final / Path(path).resolve().relative_to(out_dir.resolve())).as_uri() for name, path in result.artifacts.items()}
+    model_uri = (final / Path(result.model_path).resolve().relative_to(out_dir.resolve())).as_uri()
+    store.complete(job_id, attempt, model_uri=model_uri, artifacts=artifacts, message=mark("completed", settings))
     logger.info("job=%s attempt=%d completed in %.1f s", job_id, attempt, time.monotonic() - started)
 
 
 def worker_main(job_id: str, attempt: int, settings: Settings, parent_pid: int) -> None:
-    """Entry point of a worker process started by :class:`~recon_service.jobs.local.LocalProcessExecutor`."""
+    """Entry point of a worker process started by :class:`~recon_service.jobs.local.LocalProcessExecutor`.
+
+    The worker leads a process group of its own, so stopping it stops everything it started; and
+    SIGTERM raises ``SystemExit`` (Python's default would exit without running ``finally`` blocks),
+    so its child processes are killed and its attempt folder removed on the way out.
+    """
+    os.setpgid(0, 0)
+    terminating = threading.Event()
+    cancel = CancelToken()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        # Also cancel: libraries that guard imports with ``except BaseException`` (trimesh) may swallow the exit.
+        terminating.set()
+        cancel.cancel()
+        raise SystemExit(128 + signum)
+
+    if settings.pipeline == "real":
+        from pipelines.stack import import_native_libraries
+
+        import_native_libraries()  # pycolmap's import takes SIGTERM over: import it before handling SIGTERM ourselves
+    signal.signal(signal.SIGTERM, on_sigterm)
     stderr = logs.capture_native_stderr()
     logs.configure_logging(settings.log_level, settings.log_format, job_log_dir=settings.data_dir / logs.JOB_LOG_DIR, stream=stderr)
     logs.bind_job(job_id)
     _lower_priority(settings.worker_priority)
-    run_job(job_id, settings, attempt=attempt, parent_pid=parent_pid)
+    run_job(job_id, settings, attempt=attempt, parent_pid=parent_pid, cancel=cancel, terminating=terminating)
 
 
 def _lower_priority(priority: str) -> None:
@@ -143,8 +199,10 @@ def _check_photos_inside_root(photos_dir: Path, settings: Settings) -> None:
 class _ProgressWriter:
     """The pipeline's progress callback: writes to the store, throttled, fenced by attempt."""
 
-    def __init__(self, store: Store, job_id: str, attempt: int, cancel: CancelToken) -> None:
+    def __init__(self, store: Store, job_id: str, attempt: int, cancel: CancelToken, held: float = 0.0) -> None:
         self._store, self._job_id, self._attempt, self._cancel = store, job_id, attempt, cancel
+        self._held = held
+        """Progress an earlier attempt reached: the job shows it until this attempt passes it."""
         self._last_write = 0.0
         self._last_stage: str | None = None
 
@@ -154,9 +212,12 @@ class _ProgressWriter:
         if event.stage == self._last_stage and now - self._last_write < PROGRESS_WRITE_S:
             return
         self._last_write, self._last_stage = now, event.stage
+        message = event.message
+        if self._attempt > 1 and event.fraction <= self._held:
+            message = f"restarted after a service restart, attempt {self._attempt} of {MAX_ATTEMPTS}: {message}"
         owned = self._store.record_progress(
             self._job_id, self._attempt, stage=event.stage, phase=event.phase, progress=event.fraction,
-            eta_seconds=event.eta_seconds, message=event.message,
+            eta_seconds=event.eta_seconds, message=message,
         )  # fmt: skip
         if not owned:  # re-queued or finished elsewhere: this run is moot
             self._cancel.cancel()

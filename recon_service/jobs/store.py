@@ -2,7 +2,8 @@
 
 All SQL of the service lives here (the schema itself in :mod:`~recon_service.jobs.migrations`). Every
 change of a job goes through :meth:`Store._save`, which enforces the allowed transitions
-(:mod:`~recon_service.jobs.records`), keeps ``progress`` monotonic and ``status`` moving forward,
+(:mod:`~recon_service.jobs.records`), keeps ``progress`` monotonic (across attempts too), makes
+``status`` say what the current attempt does (queued again after a restart, then forward),
 and queues the matching callback -- a snapshot of the job's state, not an HTTP body (the outbox
 renders that) -- in the same transaction, so a crash can never lose a callback for a change that
 was committed (or deliver one for a change that was not).
@@ -115,11 +116,13 @@ class Store:
             status, progress = ContractStatus.COMPLETED, 1.0
         elif new.state is JobState.FAILED:
             status, progress = ContractStatus.FAILED, job.progress
+        elif new.state is JobState.QUEUED:
+            # Waiting, new or re-queued after a restart: honestly queued again; progress is held.
+            status, progress = ContractStatus.QUEUED, min(MAX_RUNNING_PROGRESS, job.progress)
         else:
-            # Queued or running: the furthest phase reached so far (a re-run never goes back).
-            status = ContractStatus(job.status)
-            if new.state is JobState.RUNNING and PHASE_RANK[status] < 1:
-                status = ContractStatus.PROCESSING
+            # Running: the phase this attempt has reached (a new attempt starts again at processing);
+            # progress is held at the furthest any attempt reached, so it never decreases.
+            status = ContractStatus(job.status) if job.state is JobState.RUNNING else ContractStatus.PROCESSING
             if phase is not None and PHASE_RANK[ContractStatus(phase)] > PHASE_RANK[status]:
                 status = ContractStatus(phase)
             progress = min(MAX_RUNNING_PROGRESS, max(job.progress, new.progress))
@@ -225,9 +228,10 @@ class Store:
         rows = self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall()
         return {s.value: 0 for s in ContractStatus} | {r[0]: r[1] for r in rows}
 
-    def stage_of(self, job_id: str) -> str | None:
+    def job_info(self, job_id: str) -> tuple[bool, str | None]:
+        """(the store holds this job, its stage now): cheap, for tagging log lines."""
         row = self._conn().execute("SELECT stage FROM jobs WHERE job_id=?", (job_id,)).fetchone()
-        return row[0] if row else None
+        return (row is not None, row[0] if row else None)
 
     def closed_stage_runs(self, after_seq: int, limit: int = 10_000) -> list[tuple[int, str, str, float]]:
         """Stage runs closed after ``after_seq``: ``(closed_seq, stage, outcome, seconds)``, in closing order."""
@@ -292,7 +296,7 @@ class Store:
             job = self._owned(conn, job_id, attempt)
             if job is None:
                 return False
-            self._save(conn, job, state=JobState.QUEUED, message=message, eta_seconds=None)
+            self._save(conn, job, state=JobState.QUEUED, message=message, stage=None, eta_seconds=None)
             return True
 
     def recover(self, *, max_attempts: int, give_up_message: str) -> list[str]:
@@ -306,7 +310,8 @@ class Store:
                 elif job.attempts >= max_attempts:
                     self._save(conn, job, state=JobState.FAILED, message=give_up_message)
                 else:
-                    self._save(conn, job, state=JobState.QUEUED, message="re-queued after a service restart",
+                    message = f"re-queued after a service restart; attempt {job.attempts + 1} of {max_attempts} starts when a worker is free"
+                    self._save(conn, job, state=JobState.QUEUED, message=message, stage=None, eta_seconds=None,
                                cancel_requested=False, cancel_reason=None)  # fmt: skip
                     requeued.append(job.job_id)
         return requeued
@@ -360,7 +365,8 @@ class Store:
             )
 
     def callback_finished(self, callback_id: int, *, delivered: bool, error: str | None = None) -> None:
-        state = "delivered" if delivered else "failed"
+        """The callback was delivered, or given up: then it stays as a dead letter (``redeliver`` sends it again)."""
+        state = "delivered" if delivered else "dead"
         with self._write() as conn:
             conn.execute(
                 "UPDATE callbacks SET state=?, attempts=attempts+1, last_error=?, updated_at=? WHERE id=?",
@@ -379,9 +385,26 @@ class Store:
         """
         with self._write() as conn:
             cur = conn.execute(
-                "DELETE FROM callbacks WHERE state IN ('delivered', 'failed') AND job_id IN "
+                "DELETE FROM callbacks WHERE state IN ('delivered', 'dead') AND job_id IN "
                 "(SELECT job_id FROM jobs WHERE state IN (?, ?) AND finished_at < ?)",
                 (JobState.COMPLETED.value, JobState.FAILED.value, finished_before),
+            )
+            return cur.rowcount
+
+    def callback_counts(self, job_id: str) -> dict[str, int]:
+        """The job's callbacks by state: ``{"pending": n, "delivered": n, "dead": n}``."""
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM callbacks WHERE job_id=? GROUP BY state", (job_id,)).fetchall()
+        return {"pending": 0, "delivered": 0, "dead": 0} | {r[0]: r[1] for r in rows}
+
+    def dead_callback_count(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM callbacks WHERE state='dead'").fetchone()[0]
+
+    def redeliver(self, job_id: str) -> int:
+        """Queue the job's dead letters again, in their original order, with a fresh age; returns how many."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE callbacks SET state='pending', created_at=?, updated_at=? WHERE job_id=? AND state='dead'",
+                (time.time(), time.time(), job_id),
             )
             return cur.rowcount
 

@@ -150,7 +150,8 @@ def test_run_with_too_few_photos_exits_3(tmp_path: Path) -> None:
     assert res.returncode == 3 and "invalid input" in res.stderr
 
 
-def test_ctrl_c_during_a_run_stops_it_cleanly_with_exit_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_a_run_stops_it_cleanly_with_exit_130(tmp_path: Path, sig: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "recon_service.cli", "run", str(PHOTOS), "--out", str(tmp_path / "out"), "--preset", "preview"],
         stdout=subprocess.PIPE,
@@ -162,7 +163,8 @@ def test_ctrl_c_during_a_run_stops_it_cleanly_with_exit_130(tmp_path: Path) -> N
     assert proc.stderr is not None
     while not proc.stderr.readline().startswith("["):  # wait for the first progress line
         assert proc.poll() is None, "the run ended before reporting progress"
-    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # well inside the run: pycolmap is imported (its import takes SIGTERM over unless prevented)
+    proc.send_signal(sig)
     start = time.monotonic()
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

@@ -35,15 +35,16 @@ def test_cancel_queued_and_running_jobs(start_service: Callable[..., ReconDouble
     job = response.json()
     assert (job["status"], job["message"], job["cancelled"], job["attempts"]) == ("failed", "cancelled", True, 0)
 
-    # A running job stops within 5 s; its partial output is removed.
-    assert (service.models_root / running).exists()
+    # A running job writes only into its attempt's own folder; it stops within 5 s and that folder is removed.
+    attempt_dir = service.models_root / ".attempts" / f"{running}.1"
+    assert attempt_dir.exists() and not (service.models_root / running).exists()
     started = time.monotonic()
     response = service.http.post(f"/jobs/{running}/cancel")
     assert response.status_code == 202 and response.json()["cancel_requested"] is True
     job = service.wait_job(running, timeout=10)
     assert time.monotonic() - started < 5.0
     assert (job["status"], job["message"], job["cancelled"]) == ("failed", "cancelled", True)
-    assert not (service.models_root / running).exists()
+    assert not (service.models_root / running).exists() and not attempt_dir.exists()
 
     # Cancelling again changes nothing; the queued job never ran, even now that a worker is free.
     again = service.http.post(f"/jobs/{running}/cancel")

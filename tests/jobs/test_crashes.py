@@ -57,11 +57,16 @@ def test_service_killed_mid_job_restarts_and_completes_it_with_every_callback(
 
     backend.heal()
     service.start()  # same data dir, same port
+    rerun = wait_until(lambda: (j := service.job(first))["attempts"] == 2 and j["stage"] is not None and j, 20, "the re-run to start")
+    if rerun["stage"] in ("ingest", "features", "matching", "sparse", "dense"):  # before the point the first attempt reached
+        assert rerun["status"] == "processing" and rerun["progress"] >= 0.5, rerun  # its own phase; progress held
+        assert rerun["message"].startswith("restarted after a service restart, attempt 2 of 3: "), rerun
     done = service.wait_job(first)
     assert (done["status"], done["attempts"]) == ("completed", 2)
     assert service.wait_job(second)["status"] == "completed" and service.job(second)["attempts"] == 1
     wait_until(lambda: "completed" in backend.statuses(second), 20, "the second job's callbacks")
-    assert collapse(wait_statuses(backend, first, "completed")) == SUCCESS
+    # Every status of both attempts, in order: the interruption is reported as queued again.
+    assert collapse(wait_statuses(backend, first, "completed")) == ["queued", "processing", "meshing", "queued"] + SUCCESS[1:]
     assert collapse(backend.statuses(second)) == SUCCESS
     progress = [b["progress"] for b in delivered(backend, first)]
     assert progress == sorted(progress), "progress went backwards across the restart"

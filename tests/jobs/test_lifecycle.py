@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from recon_service.kit import CallbackRecorder, ReconDouble, write_jpegs
-from tests.helpers import CALLBACK_TOKEN, delivered, double, wait_statuses, wait_until
+from tests.helpers import CALLBACK_TOKEN, delivered, double, log_entries, wait_statuses, wait_until
 
 SUCCESS = ["queued", "processing", "meshing", "texturing", "completed"]
 FAST = {"stage_seconds": 0.02}
@@ -156,3 +156,46 @@ def test_callbacks_are_given_up_after_their_maximum_age_and_later_ones_still_arr
     # arrived is younger than the maximum age, and in order.
     assert "queued" not in backend.statuses(doomed)
     assert backend.statuses(doomed) == [s for s in SUCCESS if s in backend.statuses(doomed)]
+
+
+def test_given_up_callbacks_are_dead_letters_shown_per_job_and_in_metrics_and_can_be_redelivered(
+    start_service: Callable[..., ReconDouble], backend: CallbackRecorder
+) -> None:
+    service = start_service(env={"RECON_CALLBACK_MAX_AGE_S": "1"}, backend=backend)
+    backend.fail_next(10**6, 500)
+    job_id = service.submit(photos(service), simulate=FAST)
+    service.wait_job(job_id)
+    counts = wait_until(lambda: (c := service.job(job_id)["callbacks"]) and c["pending"] == 0 and c["dead"] > 0 and c, 20, "the callbacks to die")
+    assert counts["delivered"] == 0
+    metrics = service.http.get("/metrics").text
+    assert f"recon_callbacks_dead {float(counts['dead'])}" in metrics
+    assert service.job(job_id)["log_tail"] is None  # completed: the dead letters are in `callbacks`, not in a failure
+
+    backend.heal()
+    answer = service.http.post(f"/jobs/{job_id}/callbacks/redeliver")
+    assert answer.status_code == 200 and answer.json()["redelivered"] == counts["dead"], answer.text
+    statuses = wait_statuses(backend, job_id, "completed")
+    assert statuses == [s for s in SUCCESS if s in statuses] and statuses[-1] == "completed"
+    assert wait_until(lambda: service.job(job_id)["callbacks"]["dead"] == 0 and service.job(job_id)["callbacks"], 10, "the outbox to drain")
+    assert service.http.post(f"/jobs/{uuid.uuid4()}/callbacks/redeliver").status_code == 404
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 409])
+def test_a_backend_that_refuses_status_callbacks_for_a_while_still_gets_every_one(
+    start_service: Callable[..., ReconDouble], backend: CallbackRecorder, status: int
+) -> None:
+    """A token being rotated (401/403), a route deployed late (404), a conflict (409): retried slowly, loudly, never lost."""
+    service = start_service(backend=backend)
+    backend.fail_next(10**6, status)
+    job_id = service.submit(photos(service), simulate=FAST)
+    assert service.wait_job(job_id)["status"] == "completed"
+    wait_until(lambda: len(backend.calls_for(job_id, delivered_only=False)) >= 4, 20, "the refused callback to be retried")
+    backend.heal()
+    assert collapse_statuses(wait_statuses(backend, job_id, "completed")) == SUCCESS
+    loud = [e for e in log_entries(service) if e.get("job_id") == job_id and e["level"] == "ERROR" and f"HTTP {status}" in e["msg"]]
+    assert len(loud) == 1 and "RECON_CALLBACK_TOKEN" in loud[0]["msg"], loud
+    assert service.job(job_id)["callbacks"]["dead"] == 0
+
+
+def collapse_statuses(statuses: list[str]) -> list[str]:
+    return [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]

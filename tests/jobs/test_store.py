@@ -61,18 +61,22 @@ def test_progress_never_decreases_and_reaches_one_only_when_completed(store: Sto
     assert done is not None and (done.status, done.progress) == ("completed", 1.0)
 
 
-def test_rerun_after_restart_keeps_status_and_progress_and_fences_the_old_attempt(store: Store) -> None:
+def test_a_rerun_after_restart_shows_its_own_stage_holds_progress_and_fences_the_old_attempt(store: Store) -> None:
     job, _ = store.create_job(new_job())
     store.claim_next()
     progress(store, job.job_id, 1, 0.7, phase="meshing", stage="mesh")
     assert store.recover(max_attempts=3, give_up_message="gave up") == [job.job_id]
     requeued = store.get(job.job_id)
-    assert requeued is not None and (requeued.state, requeued.status, requeued.progress) == (JobState.QUEUED, "meshing", 0.7)
+    assert requeued is not None and (requeued.state, requeued.status, requeued.stage, requeued.progress) == (JobState.QUEUED, "queued", None, 0.7)
+    assert "attempt 2 of 3" in requeued.message
+    assert [c.body["status"] for c in store.callbacks_of(job.job_id) if c.kind == "status"][-2:] == ["meshing", "queued"]
     rerun = store.claim_next()
-    assert rerun is not None and rerun.attempts == 2
+    assert rerun is not None and rerun.attempts == 2 and rerun.status == "processing"
     progress(store, job.job_id, 2, 0.1, phase="processing", stage="ingest")  # the re-run starts over...
     current = store.get(job.job_id)
-    assert current is not None and (current.status, current.progress) == ("meshing", 0.7)  # ...but nothing goes back
+    assert current is not None and (current.status, current.stage, current.progress) == ("processing", "ingest", 0.7)  # ...progress held
+    progress(store, job.job_id, 2, 0.8, phase="meshing", stage="mesh")
+    assert store.get(job.job_id).progress == 0.8  # type: ignore[union-attr]
     assert not progress(store, job.job_id, 1, 0.9)  # the stale first attempt can no longer write
     assert not store.complete(job.job_id, 1, model_uri="file:///x", artifacts={}, message="stale")
 

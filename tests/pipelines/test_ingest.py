@@ -220,6 +220,7 @@ def test_exif_orientation_6_is_applied_so_the_working_image_is_upright(photos: P
 
 
 def test_heic_photo_is_read_and_oriented(photos: Path, tmp_path: Path) -> None:
+    ingest.register_heif()  # writing the HEIC fixture needs the plugin, whatever ran before this test
     add_good_photos(photos)
     stored = texture(400, 300, seed=31)
     stored[:40, :] = (255, 255, 255)  # white band along the stored top edge
@@ -354,3 +355,54 @@ def test_cancel_stops_ingest_between_photos(photos: Path, tmp_path: Path) -> Non
         ingest.run(photos, tmp_path / "images", OPTIONS, progress, cancel)
     assert len(seen) == 2  # stopped before reading a third photo
     assert list(tmp_path.iterdir()) == [photos]  # neither the images folder nor its partial copy is left
+
+
+def test_a_photo_that_is_a_symbolic_link_is_refused_not_followed(photos: Path, tmp_path: Path) -> None:
+    """Even to a valid photo: a link could point anywhere (outside the upload area) by the time it is read."""
+    add_good_photos(photos)
+    outside = save(tmp_path / "secret.jpg", texture(400, 300, seed=77))
+    (photos / "linked.jpg").symlink_to(outside)
+    with pytest.raises(InvalidInput, match=r"changed after submission: linked.jpg is a symbolic link"):
+        run_ingest(photos, tmp_path)
+    assert not (tmp_path / "work" / "images").exists()
+
+
+def test_a_fifo_named_like_a_photo_fails_the_run_at_once_without_blocking(photos: Path, tmp_path: Path) -> None:
+    import os
+    import threading
+
+    add_good_photos(photos)
+    os.mkfifo(photos / "pipe.jpg")
+    outcome: list[BaseException] = []
+    thread = threading.Thread(target=lambda: outcome.append(pytest.raises(InvalidInput, run_ingest, photos, tmp_path).value))
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "ingest blocked on a FIFO"
+    assert "pipe.jpg is a FIFO" in str(outcome[0])
+
+
+def test_each_photo_is_decoded_from_the_bytes_that_were_checked(photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is opened once; replacing it by a link after that open changes nothing about what is read."""
+    from pipelines import photos as photo_module
+
+    add_good_photos(photos, count=4)
+    outside = save(tmp_path / "secret.jpg", texture(400, 300, seed=78))
+    opened: list[str] = []
+    real_read = photo_module.PhotoFolder.read
+
+    def read_then_swap(self: photo_module.PhotoFolder, name: str) -> photo_module.PhotoData:
+        data = real_read(self, name)
+        opened.append(name)
+        target = photos / name
+        target.unlink()
+        target.symlink_to(outside)  # an attacker swaps the file right after it was opened
+        return data
+
+    monkeypatch.setattr(photo_module.PhotoFolder, "read", read_then_swap)
+    result = run_ingest(photos, tmp_path)
+    assert sorted(opened) == sorted(p.name for p in photos.iterdir()) and len(opened) == 4  # once each
+    for photo in result.photos:
+        index = int(photo.source.removeprefix("good_").removesuffix(".jpg"))
+        got = np.asarray(Image.open(result.images_dir / photo.name), dtype=np.float64)
+        want = texture(400, 300, seed=1000 + index).astype(np.float64)
+        assert np.abs(got - want).mean() < 8, f"{photo.source} was not decoded from the bytes first read"

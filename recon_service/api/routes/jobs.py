@@ -10,7 +10,15 @@ from fastapi import APIRouter, Query, Response
 from recon_service.api.deps import AUTH_ERRORS, ERROR, ServiceDep
 from recon_service.api.errors import ApiError
 from recon_service.api.public import job_public
-from recon_service.contract import ContractStatus, JobAccepted, JobCreate, JobList, JobPublic
+from recon_service.contract import (
+    CallbackCounts,
+    ContractStatus,
+    JobAccepted,
+    JobCreate,
+    JobList,
+    JobPublic,
+    Redelivery,
+)
 from recon_service.jobs.records import CancelOutcome, JobRecord, JobState
 from recon_service.jobs.store import Store
 from recon_service.jobs.submission import SubmissionRejected, canonical_request, validate_submission
@@ -70,7 +78,8 @@ def get_job(job_id: str, service: ServiceDep) -> JobPublic:
     record = _find(service.store, job_id)
     log_tail = read_tail(job_log_path(service.settings.data_dir, record.job_id)) if record.state is JobState.FAILED else None
     disk_bytes = service.disk.of(record.job_id, record.updated_at) if service.disk is not None else None
-    return job_public(record).model_copy(update={"disk_bytes": disk_bytes, "log_tail": log_tail})
+    callbacks = CallbackCounts(**service.store.callback_counts(record.job_id)) if service.callbacks is not None else None
+    return job_public(record).model_copy(update={"disk_bytes": disk_bytes, "log_tail": log_tail, "callbacks": callbacks})
 
 
 @router.post(
@@ -92,6 +101,21 @@ def cancel_job(job_id: str, service: ServiceDep, response: Response) -> JobPubli
     if service.callbacks is not None:
         service.callbacks.wake()
     return job_public(record)
+
+
+@router.post(
+    "/jobs/{job_id}/callbacks/redeliver",
+    response_model=Redelivery,
+    responses={**AUTH_ERRORS, 404: _E, 409: {**_E, "description": "Callbacks are off (RECON_CALLBACK_URL unset)"}},
+)  # fmt: skip
+def redeliver_callbacks(job_id: str, service: ServiceDep) -> Redelivery:
+    """Admin: send the job's dead-letter callbacks again (in order, each with a fresh RECON_CALLBACK_MAX_AGE_S)."""
+    record = _find(service.store, job_id)
+    if service.callbacks is None:
+        raise ApiError(409, "callbacks are off on this service (RECON_CALLBACK_URL is not set); there is nothing to redeliver")
+    count = service.store.redeliver(record.job_id)
+    service.callbacks.wake()
+    return Redelivery(job_id=record.job_id, redelivered=count, callbacks=CallbackCounts(**service.store.callback_counts(record.job_id)))
 
 
 def _canonical_id(job_id: str) -> str:
