@@ -210,7 +210,34 @@ def build_options(preset: str = DEFAULT_PRESET, overrides: Mapping[str, Any] | N
         groups[group][name] = _coerce(key, value)
     cls_of = typing.get_type_hints(ReconOptions)
     parts = {g: cls_of[g](**groups[g]) for g in STAGE_OPTION_GROUPS}
-    return ReconOptions(preset=preset, **parts)
+    options = ReconOptions(preset=preset, **parts)
+    check_combinations(options)
+    return options
+
+
+def check_combinations(options: ReconOptions) -> None:
+    """Mistakes no single option shows, each a :class:`InvalidOptions` naming both keys.
+
+    Checked wherever options are built (request validation, the CLI), so a job never fails hours
+    later in a stage over a combination it could have been told about at once.
+    """
+    ingest, dense = options.ingest, options.dense
+    if dense.min_consistent_views > dense.num_source_views:
+        raise InvalidOptions(
+            "dense.min_consistent_views",
+            f"is {dense.min_consistent_views} but only {dense.num_source_views} source views are compared "
+            "(dense.num_source_views), so no depth could ever be confirmed; lower it or raise dense.num_source_views",
+        )
+    if ingest.min_photos > ingest.max_photos:
+        raise InvalidOptions(
+            "ingest.min_photos", f"is {ingest.min_photos} but ingest.max_photos is {ingest.max_photos}: no photo set could satisfy both"
+        )
+    if dense.max_image_size > ingest.max_image_size:
+        raise InvalidOptions(
+            "dense.max_image_size",
+            f"is {dense.max_image_size} px but the working images are at most {ingest.max_image_size} px (ingest.max_image_size); "
+            f"use {ingest.max_image_size} or less, or raise ingest.max_image_size",
+        )
 
 
 def options_to_dict(options: ReconOptions) -> dict[str, Any]:
@@ -228,8 +255,11 @@ def _type_name(typ: Any) -> str:
     return {int: "integer", float: "number", bool: "boolean", str: "string"}[typ]
 
 
-def options_schema() -> dict[str, Any]:
-    """What ``GET /options`` serves: presets and every option with type, default, range, help."""
+def options_schema(*, cuda: bool = False) -> dict[str, Any]:
+    """What ``GET /options`` serves: presets and every option with type, default, range, help.
+
+    Only choices this host can run are offered: ``dense.backend`` ``cuda`` only with ``cuda``.
+    """
     defaults = options_to_dict(build_options(DEFAULT_PRESET))
     entries = []
     for g in STAGE_OPTION_GROUPS:
@@ -243,7 +273,7 @@ def options_schema() -> dict[str, Any]:
                 "help": f.metadata["help"],
             }
             if typing.get_origin(typ) is Literal:
-                entry["choices"] = list(typing.get_args(typ))
+                entry["choices"] = [c for c in typing.get_args(typ) if cuda or (g, name, c) != ("dense", "backend", "cuda")]
             for bound in ("min", "max"):
                 if bound in f.metadata:
                     entry[bound] = f.metadata[bound]

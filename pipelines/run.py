@@ -43,6 +43,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("export", "texturing", 0.02),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+MODEL_FILES: tuple[str, ...] = ("model.glb",)
+"""The deliverables a failed run must not leave behind (a half-finished run's model would look usable)."""
 PHASE_OF_STAGE: dict[str, str] = {s.name: s.phase for s in STAGES}
 
 
@@ -55,6 +57,8 @@ class ReconstructionResult:
     report_path: Path
     artifacts: dict[str, Path] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What a person should know about a run that succeeded anyway (e.g. it fell back to vertex colours)."""
 
 
 class ProgressTracker:
@@ -113,13 +117,21 @@ def reconstruct(
     """Turn a folder of photos into a textured GLB plus research artifacts in ``out_dir``.
 
     Raises ``InvalidInput`` (unusable photos/options), ``ReconstructionFailed`` (a stage could
-    not produce a result) or ``Cancelled``. On any error the partial ``model.glb`` never exists.
+    not produce a result) or ``Cancelled``. On any error no model file (:data:`MODEL_FILES`) is
+    left in ``out_dir``, even one a late step (the report) already had written.
     """
+    out_dir = Path(out_dir).resolve()
+    try:
+        return _reconstruct(Path(photos_dir).resolve(), out_dir, options, progress, cancel or CancelToken())
+    except BaseException:
+        for name in MODEL_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        raise
+
+
+def _reconstruct(photos_dir: Path, out_dir: Path, options: ReconOptions, progress: ProgressFn | None, cancel: CancelToken) -> ReconstructionResult:
     from pipelines import dense, export, ingest, mesh, report, sfm, texture
 
-    cancel = cancel or CancelToken()
-    photos_dir = Path(photos_dir).resolve()
-    out_dir = Path(out_dir).resolve()
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
     tracker = ProgressTracker(progress)
@@ -163,6 +175,10 @@ def reconstruct(
         export=exported,
         timings=timings,
     )
+    warnings = []
+    if options.texture.enabled and not textured.textured:
+        warnings.append(f"completed without texture: {textured.fallback_reason}")
+    rep["warnings"] = warnings
     report_path = report.write(rep, out_dir / "report.json")
     artifacts = {
         "model.glb": exported.glb_path,
@@ -171,7 +187,9 @@ def reconstruct(
         "preview.png": exported.preview_path,
         "report.json": report_path,
     }
-    return ReconstructionResult(out_dir, exported.glb_path, report_path, {k: v for k, v in artifacts.items() if v and Path(v).exists()}, rep)
+    return ReconstructionResult(
+        out_dir, exported.glb_path, report_path, {k: v for k, v in artifacts.items() if v and Path(v).exists()}, rep, warnings
+    )
 
 
 def remove_partial_output(out_dir: Path) -> None:

@@ -51,6 +51,9 @@ class SimulateScenario:
     """The service sends every callback of this job twice (to prove the backend is idempotent)."""
     callback_delay_s: float = 0.0
     """The service waits this long (seconds) before sending each callback of this job."""
+    texture_fallback: bool = False
+    """Play a texture bake that failed: the model keeps vertex colours and the job completes with
+    the message ``completed without texture: ...``, as a real job does."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SimulateScenario:
@@ -67,7 +70,7 @@ class SimulateScenario:
                 raise InvalidInput(f"simulate.{key}: must be one of {', '.join(STAGE_NAMES)}, not {values[key]!r}")
         if "message" in values and (not isinstance(values["message"], str) or not values["message"].strip()):
             raise InvalidInput("simulate.message: must be a non-empty string")
-        for key in ("stall", "duplicate_callbacks"):
+        for key in ("stall", "duplicate_callbacks", "texture_fallback"):
             if key in values and not isinstance(values[key], bool):
                 raise InvalidInput(f"simulate.{key}: must be true or false, not {values[key]!r}")
         for key, high in (("stage_seconds", 600.0), ("callback_delay_s", 60.0)):
@@ -105,7 +108,7 @@ def reconstruct(
     tracker = ProgressTracker(progress)
     total_weight = sum(s.weight for s in STAGES)
     timings: dict[str, float] = {}
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"texture_fallback": scenario.texture_fallback}
 
     for stage in STAGES:
         cancel.check()
@@ -127,8 +130,10 @@ def reconstruct(
         tracker.report(stage.name, 1.0, f"simulated {stage.name} done")
         timings[stage.name] = round(time.monotonic() - started, 3)
 
+    warnings = ["completed without texture: texture baking failed: simulated (simulate.texture_fallback)"] if scenario.texture_fallback else []
     report = {
         "simulated": True,
+        "warnings": warnings,
         "pipeline": "simulate",
         "note": "RECON_PIPELINE=simulate: no reconstruction was run; the model is a box textured with one input photo.",
         "scenario": scenario.to_dict(),
@@ -145,7 +150,7 @@ def reconstruct(
         "preview.png": out_dir / "preview.png",
         "report.json": report_path,
     }
-    return ReconstructionResult(out_dir, out_dir / "model.glb", report_path, artifacts, report)
+    return ReconstructionResult(out_dir, out_dir / "model.glb", report_path, artifacts, report, warnings)
 
 
 def _pretend_work(stage: str, seconds: float, tracker: ProgressTracker, cancel: CancelToken) -> None:
@@ -244,6 +249,8 @@ def _noop(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[st
 def _export(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[str, Any]) -> None:
     """``model.glb`` (glTF, Y up, metres) and ``preview.png``, each written to a temp name and renamed."""
     mesh = _textured_box(state["texture"])
+    if state["texture_fallback"]:  # what a failed bake leaves: the same surface, with vertex colours
+        mesh.visual = mesh.visual.to_color()
     with atomic_path(out_dir / "model.glb") as tmp:
         mesh.export(tmp, file_type="glb")
     preview = state["texture"].copy()

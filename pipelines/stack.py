@@ -7,7 +7,10 @@ and Open3D costs seconds and hundreds of MB), so the service can say what is mis
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
+from pathlib import Path
 
 REAL_PIPELINE_PACKAGES: dict[str, str] = {
     "pycolmap": "pycolmap",
@@ -42,3 +45,15 @@ def import_native_libraries() -> None:
     earlier. Importing it first lets the handler installed afterwards win.
     """
     import pycolmap  # noqa: F401
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether COLMAP's CUDA stereo can run here: a CUDA build of pycolmap and an NVIDIA driver.
+
+    Decided without importing pycolmap (seconds, hundreds of MB, and no GPU query needed): the
+    CUDA wheels are their own distributions (``pycolmap-cuda12``), and a loaded NVIDIA driver
+    shows ``/proc/driver/nvidia``. ``pipelines.dense.run`` checks ``pycolmap.has_cuda`` again.
+    """
+    cuda_build = any((d.metadata["Name"] or "").lower().startswith("pycolmap-cuda") for d in importlib.metadata.distributions())
+    return cuda_build and Path("/proc/driver/nvidia").is_dir()

@@ -52,7 +52,7 @@ class JobCreate(BaseModel):
     simulate: dict[str, Any] | None = Field(
         None,
         description="Additive, honoured only when the service runs RECON_PIPELINE=simulate: "
-        "{fail_at, message, stage_seconds, stall, stall_at, duplicate_callbacks, callback_delay_s}.",
+        "{fail_at, message, stage_seconds, stall, stall_at, duplicate_callbacks, callback_delay_s, texture_fallback}.",
     )
 
     @field_validator("job_id")

@@ -32,6 +32,7 @@ def main() -> int:
     import uvicorn
 
     from recon_service.api.app import create_app
+    from recon_service.api.protocol import JsonErrorH11Protocol
 
     uvicorn.run(
         create_app(settings),
@@ -40,6 +41,7 @@ def main() -> int:
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's lines go through configure_logging's handlers (JSON) too
         timeout_graceful_shutdown=10,
+        http=JsonErrorH11Protocol,  # even a request uvicorn cannot parse gets an {"error"} body
     )
     return 0
 

@@ -5,9 +5,12 @@ A job's files live in ``MODEL_OUTPUT_ROOT/<job_id>/``: the artifacts (``model.gl
 ``work/`` (resized photos, COLMAP database, depth maps, meshes), which are usually most of it.
 With ``RECON_RETENTION_S`` set, :class:`RetentionSweeper` removes ``work/`` of every finished job
 that many seconds after it finished, or the whole folder with ``RECON_RETENTION_MODELS=true``
-(the backend copies the model when it is told the job completed), and the settled (delivered or
-given-up) callbacks of those jobs leave the outbox. Job records stay in the store;
-a swept job keeps its ``model_uri``, and its ``disk_bytes`` says what is left.
+(the backend copies the model when it is told the job completed). The store forgets those jobs'
+history too: their settled (delivered or dead) callbacks, their ``stage_runs`` rows and their log
+files (``RECON_DATA_DIR/logs/<job_id>.log``). Job records stay -- a swept job keeps its
+``model_uri``, and its ``disk_bytes`` says what is left -- unless ``RECON_RETENTION_MODELS=true``
+removed the model too: then the record goes as well (``GET /jobs/{id}`` answers 404), except
+while a callback of it is still pending.
 
 Only folders named like a job id whose job is final (completed or failed) are touched; anything
 else under MODEL_OUTPUT_ROOT is left alone.
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from recon_service.jobs.records import JobState
 from recon_service.jobs.store import Store
-from recon_service.logs import about
+from recon_service.logs import JOB_LOG_DIR, about
 from recon_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -143,14 +146,12 @@ class RetentionSweeper:
     def sweep(self, now: float | None = None) -> list[Removal]:
         """One pass over MODEL_OUTPUT_ROOT; returns what was removed."""
         now = time.time() if now is None else now
-        pruned = self._store.prune_callbacks(finished_before=now - self._retention_s)
-        if pruned:
-            logger.info("retention: removed %d settled callbacks of jobs that finished over %g s ago", pruned, self._retention_s)
+        cutoff = now - self._retention_s
         removed: list[Removal] = []
         try:
             entries = list(os.scandir(self._settings.model_output_root))
         except FileNotFoundError:
-            return removed
+            entries = []
         for entry in entries:
             if not entry.is_dir(follow_symlinks=False) or not _is_job_id(entry.name):
                 continue
@@ -170,7 +171,22 @@ class RetentionSweeper:
             removed.append(Removal(job.job_id, target, size, age))
             logger.info("job=%s retention: removed %s (%d bytes), %.0f s after the job finished (RECON_RETENTION_S=%g)",
                         job.job_id, target, size, age, self._retention_s, extra=about(job.job_id))  # fmt: skip
+        self._prune_logs(cutoff)
+        rows = self._store.prune_history(cutoff, jobs=self._settings.retention_models)
+        if any(rows.values()):
+            logger.info("retention: removed from the store %s of jobs that finished over %g s ago", rows, self._retention_s)
         return removed
+
+    def _prune_logs(self, cutoff: float) -> None:
+        """Job log files of jobs finished before ``cutoff`` (or no longer in the store)."""
+        folder = self._settings.data_dir / JOB_LOG_DIR
+        try:
+            names = [n.removesuffix(".log") for n in os.listdir(folder) if n.endswith(".log")]
+        except FileNotFoundError:
+            return
+        for start in range(0, len(names), 500):
+            for job_id in self._store.finished_before(cutoff, [n for n in names[start : start + 500] if _is_job_id(n)]):
+                (folder / f"{job_id}.log").unlink(missing_ok=True)
 
 
 def _is_job_id(name: str) -> bool:

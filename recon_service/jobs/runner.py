@@ -141,7 +141,8 @@ def run_job(
     publish_local(out_dir, final)
     artifacts = {name: (final / Path(path).resolve().relative_to(out_dir.resolve())).as_uri() for name, path in result.artifacts.items()}
     model_uri = (final / Path(result.model_path).resolve().relative_to(out_dir.resolve())).as_uri()
-    store.complete(job_id, attempt, model_uri=model_uri, artifacts=artifacts, message=mark("completed", settings))
+    message = "; ".join(result.warnings) if result.warnings else "completed"
+    store.complete(job_id, attempt, model_uri=model_uri, artifacts=artifacts, message=mark(message, settings))
     logger.info("job=%s attempt=%d completed in %.1f s", job_id, attempt, time.monotonic() - started)
 
 

@@ -8,6 +8,9 @@ and queues the matching callback -- a snapshot of the job's state, not an HTTP b
 renders that) -- in the same transaction, so a crash can never lose a callback for a change that
 was committed (or deliver one for a change that was not).
 
+This module is long because it is the one place for the service's SQL: every statement, and every
+transaction that spans a job and its callbacks, is here (``jobs`` and the outbox must change together).
+
 Several processes use the database at once: the server, its worker processes (progress and
 results), and a restarted server after ``kill -9``. Writes of a worker are fenced by the job's
 attempt number, so a stale worker can never overwrite the job after it was re-run.
@@ -378,18 +381,46 @@ class Store:
         return [callback_from_row(r) for r in rows]
 
     def prune_callbacks(self, finished_before: float) -> int:
-        """Delete the settled callbacks (delivered or given up) of jobs that ended before ``finished_before``.
+        """Delete the settled callbacks (delivered or dead) of jobs that ended before ``finished_before``.
 
         Pending callbacks are never deleted, and neither is anything of a job still running: the
         outbox keeps what may still have to be sent. Returns how many rows went.
         """
         with self._write() as conn:
             cur = conn.execute(
-                "DELETE FROM callbacks WHERE state IN ('delivered', 'dead') AND job_id IN "
-                "(SELECT job_id FROM jobs WHERE state IN (?, ?) AND finished_at < ?)",
+                f"DELETE FROM callbacks WHERE state IN ('delivered', 'dead') AND job_id IN ({_FINISHED_BEFORE})",
                 (JobState.COMPLETED.value, JobState.FAILED.value, finished_before),
             )
             return cur.rowcount
+
+    def prune_history(self, finished_before: float, *, jobs: bool) -> dict[str, int]:
+        """What retention removes from the store for jobs that ended before ``finished_before``.
+
+        Always their settled callbacks and their ``stage_runs``; with ``jobs`` also the job rows
+        themselves (then ``GET /jobs/{id}`` answers 404), except a job that still has a callback
+        pending. Returns the rows removed per table.
+        """
+        args = (JobState.COMPLETED.value, JobState.FAILED.value, finished_before)
+        removed = {"callbacks": self.prune_callbacks(finished_before)}
+        with self._write() as conn:
+            removed["stage_runs"] = conn.execute(f"DELETE FROM stage_runs WHERE job_id IN ({_FINISHED_BEFORE})", args).rowcount
+            removed["jobs"] = 0
+            if jobs:
+                removed["jobs"] = conn.execute(
+                    f"DELETE FROM jobs WHERE job_id IN ({_FINISHED_BEFORE}) AND job_id NOT IN "
+                    "(SELECT job_id FROM callbacks WHERE state='pending')",
+                    args,
+                ).rowcount
+        return removed
+
+    def finished_before(self, cutoff: float, job_ids: list[str]) -> set[str]:
+        """Which of ``job_ids`` the store holds as finished before ``cutoff``, or not at all (pruned)."""
+        if not job_ids:
+            return set()
+        known = {r[0]: r[1] for r in self._conn().execute(
+            f"SELECT job_id, finished_at FROM jobs WHERE job_id IN ({','.join('?' * len(job_ids))})", job_ids
+        ).fetchall()}  # fmt: skip
+        return {j for j in job_ids if j not in known or (known[j] is not None and known[j] < cutoff)}
 
     def callback_counts(self, job_id: str) -> dict[str, int]:
         """The job's callbacks by state: ``{"pending": n, "delivered": n, "dead": n}``."""
@@ -410,3 +441,7 @@ class Store:
 
     def pending_callback_count(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM callbacks WHERE state='pending'").fetchone()[0]
+
+
+_FINISHED_BEFORE = "SELECT job_id FROM jobs WHERE state IN (?, ?) AND finished_at < ?"
+"""Jobs that are final and ended before a cutoff (parameters: completed, failed, cutoff)."""

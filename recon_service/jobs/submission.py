@@ -91,7 +91,22 @@ def _options(raw: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
             if key in raw:
                 raise SubmissionRejected(f"options.{key}: at most {limit} on this service ({variable}), not {options[key]}")
             options[key] = limit
+    if options["ingest.min_photos"] > options["ingest.max_photos"]:
+        raise SubmissionRejected(f"options.ingest.min_photos: {options['ingest.min_photos']} is more than this service allows per job "
+                                 f"({options['ingest.max_photos']}, RECON_MAX_PHOTOS)")  # fmt: skip
+    if options["dense.backend"] == "cuda" and not _cuda_here(settings):
+        raise SubmissionRejected(
+            "options.dense.backend: 'cuda' needs a CUDA build of pycolmap and an NVIDIA GPU, and this service has neither; "
+            "use 'auto' or 'cpu' (GET /options lists what this service can run)"
+        )
     return options
+
+
+def _cuda_here(settings: Settings) -> bool:
+    """The simulate double runs no stage: it offers what a CPU-only host offers."""
+    from pipelines.stack import cuda_available
+
+    return not settings.simulated and cuda_available()
 
 
 def _scenario(raw: dict[str, Any] | None) -> dict[str, Any]:

@@ -124,6 +124,10 @@ BAD_SUBMISSIONS: dict[str, tuple[Mutation, tuple[str, ...]]] = {
     "option_out_of_range": (_set(options={"mesh.poisson_depth": 99}), ("options.mesh.poisson_depth", "at most 12")),
     "unknown_preset": (_set(options={"preset": "ultra"}), ("options.preset", "preview, balanced, high")),
     "options_not_an_object": (_set(options=[1, 2]), ("options",)),
+    "cuda_backend_without_cuda": (_set(options={"dense.backend": "cuda"}), ("options.dense.backend", "'cuda'", "GET /options")),
+    "more_confirmations_than_sources": (_set(options={"dense.num_source_views": 2, "dense.min_consistent_views": 3}),
+                                        ("options.dense.min_consistent_views", "dense.num_source_views")),
+    "dense_larger_than_working_images": (_set(options={"ingest.max_image_size": 640}), ("options.dense.max_image_size", "ingest.max_image_size")),
     "simulate_unknown_stage": (_set(simulate={"fail_at": "meshing"}), ("simulate.fail_at", "ingest")),
     "simulate_unknown_key": (_set(simulate={"explode": True}), ("simulate.explode",)),
     "simulate_bad_delay": (_set(simulate={"callback_delay_s": -1}), ("simulate.callback_delay_s",)),
@@ -208,6 +212,8 @@ def test_get_options_lists_presets_and_every_option_with_type_default_and_help(s
     assert [o["name"] for o in schema["options"]] == option_keys()
     for option in schema["options"]:
         assert option["type"] in ("integer", "number", "boolean", "string") and option["help"] and "default" in option
+    backend = next(o for o in schema["options"] if o["name"] == "dense.backend")
+    assert backend["choices"] == ["auto", "cpu"]  # no CUDA here: only what this service can run is offered
 
 
 def test_get_jobs_pages_newest_first(shared: ReconDouble) -> None:

@@ -66,7 +66,10 @@ def test_service_killed_mid_job_restarts_and_completes_it_with_every_callback(
     assert service.wait_job(second)["status"] == "completed" and service.job(second)["attempts"] == 1
     wait_until(lambda: "completed" in backend.statuses(second), 20, "the second job's callbacks")
     # Every status of both attempts, in order: the interruption is reported as queued again.
-    assert collapse(wait_statuses(backend, first, "completed")) == ["queued", "processing", "meshing", "queued"] + SUCCESS[1:]
+    seen = collapse(wait_statuses(backend, first, "completed"))
+    again = seen.index("queued", 1)
+    assert seen[:again] == SUCCESS[:again] and again >= 3, seen  # the first attempt got to meshing (or further)...
+    assert seen[again:] == SUCCESS, seen  # ...then the job was queued again and went through every status
     assert collapse(backend.statuses(second)) == SUCCESS
     progress = [b["progress"] for b in delivered(backend, first)]
     assert progress == sorted(progress), "progress went backwards across the restart"

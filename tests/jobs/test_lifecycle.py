@@ -199,3 +199,14 @@ def test_a_backend_that_refuses_status_callbacks_for_a_while_still_gets_every_on
 
 def collapse_statuses(statuses: list[str]) -> list[str]:
     return [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
+
+
+def test_a_job_that_fell_back_to_vertex_colours_says_so_in_its_message_and_completed_callback(
+    stack: tuple[ReconDouble, CallbackRecorder],
+) -> None:
+    service, backend = stack
+    job_id = service.submit(photos(service), simulate={**FAST, "texture_fallback": True})
+    job = service.wait_job(job_id)
+    assert job["status"] == "completed" and job["message"].startswith("completed without texture: texture baking failed"), job["message"]
+    wait_statuses(backend, job_id, "completed")
+    assert delivered(backend, job_id, "status")[-1]["message"] == job["message"]

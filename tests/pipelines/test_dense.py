@@ -283,66 +283,56 @@ def test_cuda_backend_without_cuda_is_an_invalid_option(gt_sparse: Sparse, tmp_p
     assert info.value.key == "dense.backend"
 
 
-def _write_colmap_mat(path: Path, array: np.ndarray) -> None:
-    """COLMAP's depth/normal map file: ``width&height&channels&`` then float32, one channel after another."""
-    array = np.asarray(array, np.float32)
-    if array.ndim == 2:
-        array = array[..., None]
-    h, w, c = array.shape
-    path.write_bytes(f"{w}&{h}&{c}&".encode() + np.ascontiguousarray(np.moveaxis(array, -1, 0)).astype("<f4").tobytes())
-
-
-def test_cuda_backend_runs_colmap_undistortion_and_fusion(
-    scene: Path, gt_sparse: Sparse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_cuda_branch_hands_pycolmap_the_documented_options_but_has_never_run_on_a_gpu(
+    gt_sparse: Sparse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The CUDA branch end to end, with our CPU depth maps standing in for PatchMatch (GPU only).
+    """What can be checked without a GPU: the options the CUDA branch gives COLMAP, each from its DenseOptions field.
 
-    Real ``undistort_images`` and ``stereo_fusion`` run on the workspace; only the depth step is
-    replaced, by writing the CPU backend's depth and normal maps in COLMAP's format.
+    This machine has no CUDA, so PatchMatch itself (and what the branch makes of its output) has
+    never run here; every pycolmap call of the branch is replaced by a recorder, and the test stops
+    at the first one whose output would be needed.
     """
-    import json
-
     import pycolmap
 
-    from pipelines.dense.fusion import depth_normals
-    from pipelines.dense.views import PinholeView as View
+    from pipelines.dense import colmap as dense_colmap
 
-    options = build_options("preview").dense
-    cpu = dense.run(gt_sparse, tmp_path / "cpu", tmp_path / "cpu.ply", options, no_progress, CancelToken())
-    meta = json.loads((tmp_path / "cpu" / "views.json").read_text())
-    calls: list[dict[str, object]] = []
+    calls: dict[str, dict[str, object]] = {}
 
-    def patch_match_stand_in(workspace_path: Path, options: object, cancellation_token: object) -> None:
-        calls.append({"options": options, "token": cancellation_token})
-        for m in meta:
-            view = View(m["index"], m["name"], np.array(m["K_opencv"]), np.array(m["cam_from_world_R"]), np.array(m["cam_from_world_t"]), m["width"], m["height"], tmp_path / "cpu" / "images" / m["image"], None)
-            depth = np.load(tmp_path / "cpu" / "depth" / f"{m['index']:05d}.npy")
-            normals, ok = depth_normals(view, depth)
-            for kind, data in (("depth_maps", np.where(ok, depth, 0)), ("normal_maps", normals)):
-                folder = Path(workspace_path) / "stereo" / kind
-                folder.mkdir(parents=True, exist_ok=True)
-                _write_colmap_mat(folder / f"{m['name']}.geometric.bin", data)
+    class Stop(Exception):
+        pass
+
+    def recorder(name: str, stop: bool = False):  # noqa: ANN202
+        def call(**kwargs: object) -> None:
+            calls[name] = kwargs
+            if stop:
+                raise Stop()
+
+        return call
 
     monkeypatch.setattr(pycolmap, "has_cuda", True)
-    monkeypatch.setattr(pycolmap, "patch_match_stereo", patch_match_stand_in)
-    cuda_options = replace(options, backend="cuda")
-    result = dense.run(gt_sparse, tmp_path / "cuda", tmp_path / "cuda.ply", cuda_options, no_progress, CancelToken())
+    monkeypatch.setattr(pycolmap, "undistort_images", recorder("undistort_images"))
+    monkeypatch.setattr(pycolmap, "patch_match_stereo", recorder("patch_match_stereo"))
+    monkeypatch.setattr(pycolmap, "stereo_fusion", recorder("stereo_fusion", stop=True))
+    options = replace(build_options("balanced").dense, backend="cuda", num_source_views=5, min_consistent_views=3, window_radius=4, min_ncc=0.25)
+    with pytest.raises(ReconstructionFailed) as stopped:  # the recorder's Stop surfaces as the stage's named failure
+        dense_colmap.patch_match(gt_sparse.sparse_dir, gt_sparse.images_dir, tmp_path / "mvs", options, 12, no_progress, CancelToken())
+    assert isinstance(stopped.value.__cause__, Stop)
 
-    assert len(calls) == 1 and calls[0]["options"].geom_consistency  # type: ignore[attr-defined]
-    assert (tmp_path / "cuda" / "colmap_mvs" / "stereo" / "patch-match.cfg").exists()
-    assert result.backend == "colmap_patch_match" and result.num_depth_maps == 12
-    assert result.image_size == cpu.image_size == (400, 300)
-    points, colours, normals = _cloud(result.points_path)
-    assert len(points) > 5_000 and colours.std() > 0.05 and np.allclose(np.linalg.norm(normals, axis=1), 1, atol=1e-3)
-    inside = points[_in_crop(scene, points)]
-    mesh = groundtruth.load_mesh(scene)
-    dist = distances_to_mesh(inside, np.asarray(mesh.vertices), np.asarray(mesh.triangles))
-    assert np.mean(dist < 0.01 * groundtruth.load_crop(scene).diagonal) >= 0.95
+    undistort = calls["undistort_images"]
+    assert (undistort["num_patch_match_src_images"], undistort["undistort_options"].max_image_size) == (5, options.max_image_size)  # type: ignore[attr-defined]
+    patch = calls["patch_match_stereo"]["options"]
+    assert (patch.max_image_size, patch.window_radius, patch.geom_consistency, patch.filter) == (options.max_image_size, 4, True, True)  # type: ignore[attr-defined]
+    assert (patch.filter_min_ncc, patch.filter_min_num_consistent) == (pytest.approx(0.25), 3)  # type: ignore[attr-defined]
+    fusion = calls["stereo_fusion"]
+    assert (fusion["input_type"], fusion["options"].min_num_pixels, fusion["options"].max_image_size) == ("geometric", 4, options.max_image_size)  # type: ignore[attr-defined]
 
 
 def test_more_confirmations_than_source_views_is_an_invalid_option(gt_sparse: Sparse, tmp_path: Path) -> None:
-    options = build_options("balanced", {"dense.num_source_views": 2, "dense.min_consistent_views": 3}).dense
-    with pytest.raises(InvalidOptions) as info:
+    with pytest.raises(InvalidOptions) as built:  # refused where options are built (a request, the CLI)...
+        build_options("balanced", {"dense.num_source_views": 2, "dense.min_consistent_views": 3})
+    assert built.value.key == "dense.min_consistent_views" and "dense.num_source_views" in str(built.value)
+    options = replace(build_options("balanced").dense, num_source_views=2, min_consistent_views=3)
+    with pytest.raises(InvalidOptions) as info:  # ...and by the stage itself, for a caller that builds its own
         dense.run(gt_sparse, tmp_path / "work", tmp_path / "points.ply", options, no_progress, CancelToken())
     assert info.value.key == "dense.min_consistent_views"
     assert not (tmp_path / "work").exists()

@@ -45,6 +45,26 @@ def test_bad_overrides_name_the_key_and_the_problem(overrides: dict, key: str, f
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "key", "other"),
+    [
+        ({"dense.num_source_views": 2, "dense.min_consistent_views": 3}, "dense.min_consistent_views", "dense.num_source_views"),
+        ({"ingest.min_photos": 20, "ingest.max_photos": 10}, "ingest.min_photos", "ingest.max_photos"),
+        ({"ingest.max_image_size": 640}, "dense.max_image_size", "ingest.max_image_size"),
+    ],
+)
+def test_combinations_no_single_option_shows_are_refused_naming_both_keys(overrides: dict, key: str, other: str) -> None:
+    with pytest.raises(InvalidOptions) as info:
+        build_options("balanced", overrides)
+    assert info.value.key == key and other in info.value.problem
+
+
+def test_the_schema_offers_cuda_only_where_it_can_run() -> None:
+    backend = lambda schema: next(e for e in schema["options"] if e["name"] == "dense.backend")["choices"]  # noqa: E731
+    assert backend(options_schema()) == ["auto", "cpu"]
+    assert backend(options_schema(cuda=True)) == ["auto", "cpu", "cuda"]
+
+
 def test_unknown_preset_is_rejected() -> None:
     with pytest.raises(InvalidOptions, match="preset"):
         build_options("ultra")

@@ -110,3 +110,22 @@ def test_report_agrees_with_the_artifacts(run_dir: Path, report: dict) -> None:
     assert report["texture"]["textured"] is True
     assert (run_dir / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(run_dir.glob("*.tmp")), "no temporary files are left beside the artifacts"
+
+
+def test_a_failed_texture_bake_completes_with_vertex_colours_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Baking crashes: the run still delivers a (vertex-coloured) model, and its result and report say why."""
+    import trimesh
+
+    from pipelines.options import build_options
+    from pipelines.run import reconstruct
+    from pipelines.texture import bake
+
+    def broken_bake(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("atlas exploded")
+
+    monkeypatch.setattr(bake, "_bake", broken_bake)
+    result = reconstruct(SCENE / "images", tmp_path / "out", build_options("preview"))
+    assert result.warnings == ["completed without texture: texture baking failed: RuntimeError: atlas exploded"]
+    assert json.loads(result.report_path.read_text())["warnings"] == result.warnings
+    mesh = trimesh.load(result.model_path, force="mesh")
+    assert mesh.visual.kind == "vertex" and len(mesh.faces) > 1000

@@ -112,6 +112,6 @@ def test_invalid_scenarios_name_the_key(raw: dict[str, object], key: str) -> Non
 
 def test_a_valid_scenario_round_trips() -> None:
     raw = {"fail_at": "dense", "message": "m", "stage_seconds": 1, "stall": False, "stall_at": "mesh",
-           "duplicate_callbacks": True, "callback_delay_s": 0.5}  # fmt: skip
+           "duplicate_callbacks": True, "callback_delay_s": 0.5, "texture_fallback": True}  # fmt: skip
     scenario = SimulateScenario.from_dict(raw)
     assert scenario.to_dict() == {**raw, "stage_seconds": 1.0} and SimulateScenario.from_dict(None) == SimulateScenario()

@@ -84,8 +84,11 @@ def test_the_service_killed_with_jobs_queued_running_and_completing_restarts_and
     assert all(job["status"] == "completed" for job in final.values()), final
     assert final[running]["attempts"] == 2 and all(final[q]["attempts"] == 1 for q in queued)
     for job_id in final:
-        statuses = wait_statuses(backend, job_id, "completed")
-        assert collapse(statuses) == SUCCESS, (job_id, statuses)
+        statuses = collapse(wait_statuses(backend, job_id, "completed"))
+        if final[job_id]["attempts"] == 2:  # interrupted: reported as queued again, then every status of the re-run
+            again = statuses.index("queued", 1)
+            statuses = statuses[again:] if statuses[:again] == SUCCESS[:again] else statuses
+        assert statuses == SUCCESS, (job_id, statuses)
         progress = [b["progress"] for b in delivered(backend, job_id)]
         assert progress == sorted(progress), f"progress callbacks of {job_id} went backwards: {progress}"
     assert assert_no_half_written_models(service.models_root) == 4

@@ -206,9 +206,15 @@ def test_cr_lf_in_fields_cannot_inject_headers_callbacks_or_log_lines(hostile_st
     }.items():
         with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
             sock.sendall(raw)
-            status_line = sock.recv(4096).split(b"\r\n", 1)[0].decode()
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].decode()
         answers[case] = status_line
         assert status_line.split()[1] in ("400", "401"), (case, status_line)
+        assert b"content-type: application/json" in head.lower(), (case, head)
+        assert set(json.loads(payload)) == {"error"}, (case, payload)  # never uvicorn's plain text
     assert_serving(service)
     observe("raw requests", answers)
     observe("log", f"{len(entries)} JSON lines, {len(banners)} start-up banner(s), no forged line")

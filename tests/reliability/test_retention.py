@@ -38,8 +38,8 @@ def test_retention_removes_finished_jobs_working_files_and_disk_bytes_follows(
     running = service.submit(hostile.valid_photos(service.photos_root / "b", 3), simulate={"stage_seconds": 0.02, "stall": True})
     wait_until(lambda: service.job(finished)["stage"] == "matching", 20, "the first job to be running")
     wait_until(lambda: service.job(running)["stage"] == "dense", 20, "the second job to stall")
-    fill(service.models_root / finished / WORK_DIR, 2)
-    fill(service.models_root / running / WORK_DIR, 1)
+    fill(service.models_root / ".attempts" / f"{finished}.1" / WORK_DIR, 2)  # running jobs write into their attempt's folder
+    fill(service.models_root / ".attempts" / f"{running}.1" / WORK_DIR, 1)
 
     job = service.wait_job(finished)
     before = job["disk_bytes"]
@@ -49,7 +49,7 @@ def test_retention_removes_finished_jobs_working_files_and_disk_bytes_follows(
     after = service.job(finished)["disk_bytes"]
     assert 0 < after < before - (2 << 20) + (64 << 10), (before, after)
     assert len(trimesh.load(service.models_root / finished / "model.glb", force="scene").geometry) > 0
-    assert (service.models_root / running / WORK_DIR).exists(), "retention touched a running job"
+    assert (service.models_root / ".attempts" / f"{running}.1" / WORK_DIR).exists(), "retention touched a running job"
     assert any(e.get("job_id") == finished and "retention: removed" in e["msg"] for e in log_entries(service))
     assert 2.0 <= swept_after <= 8.0, swept_after
     service.http.post(f"/jobs/{running}/cancel")
@@ -101,3 +101,38 @@ def test_retention_of_models_removes_whole_folders_of_finished_jobs_only(tmp_pat
     (removal,) = RetentionSweeper(settings(False), store).sweep(now=time.time() + 61)
     assert removal.path == kept / WORK_DIR and (kept / "model.glb").exists() and not (kept / WORK_DIR).exists()
     assert disk_bytes(kept) < 64 << 10
+
+
+def test_retention_prunes_the_stores_history_and_log_files_of_old_jobs(tmp_path: Path) -> None:
+    """Job rows, stage_runs and data/logs no longer grow without bound: old jobs' history goes, recent and running jobs' stays;
+    job rows go only with RECON_RETENTION_MODELS=true (the model is gone then too), and never while a callback is pending."""
+    def settings(models: bool) -> Settings:
+        return Settings(service_token="t", data_dir=tmp_path / "data", model_output_root=tmp_path / "models",  # type: ignore[call-arg]
+                        photos_root=tmp_path, retention_s=60, retention_models=models)  # fmt: skip
+
+    store = Store(tmp_path / "data" / "jobs.sqlite3", callbacks=True)
+    logs = tmp_path / "data" / "logs"
+    logs.mkdir(parents=True)
+    ids = {}
+    for name in ("old", "pending", "running"):
+        ids[name] = str(uuid.uuid4())
+        store.create_job(NewJob(ids[name], {}, name, 3, str(tmp_path), None, {"preset": "preview"}, None))
+        store.claim_next()
+        store.record_progress(ids[name], 1, stage="ingest", phase="processing", progress=0.1, eta_seconds=None, message="m")
+        (logs / f"{ids[name]}.log").write_text("{}\n")
+    for name in ("old", "pending"):
+        store.complete(ids[name], 1, model_uri="file:///m", artifacts={}, message="ok")
+    for cb in store.callbacks_of(ids["old"]):
+        store.callback_finished(cb.id, delivered=True)
+    stray = logs / f"{uuid.uuid4()}.log"  # a log whose job the store no longer holds
+    stray.write_text("{}\n")
+
+    RetentionSweeper(settings(False), store).sweep(now=time.time() + 61)
+    assert store.get(ids["old"]) is not None and store.stage_runs_of(ids["old"]) == [] and store.callbacks_of(ids["old"]) == []
+    assert store.stage_runs_of(ids["running"]) and store.callbacks_of(ids["pending"])  # running / undelivered: kept
+    assert sorted(p.name for p in logs.iterdir()) == sorted(f"{ids[n]}.log" for n in ("running",))
+
+    RetentionSweeper(settings(True), store).sweep(now=time.time() + 61)
+    assert store.get(ids["old"]) is None, "with RECON_RETENTION_MODELS the record goes with the model"
+    assert store.get(ids["pending"]) is not None, "a job whose callbacks are still pending keeps its record"
+    assert store.get(ids["running"]) is not None

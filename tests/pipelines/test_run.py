@@ -1,0 +1,34 @@
+"""``reconstruct()``'s own promises, with the stages replaced by stand-ins (each stage has its own tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines import dense, export, ingest, mesh, report, sfm, texture
+from pipelines.options import build_options
+from pipelines.run import reconstruct
+
+
+def test_a_run_that_fails_after_the_model_was_written_leaves_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    stub = SimpleNamespace(textured=True, fallback_reason=None)
+
+    def fake_export(textured: object, sparse: object, out_dir: Path, progress: object, cancel: object) -> SimpleNamespace:
+        (out_dir / "model.glb").write_bytes(b"glTF")  # export succeeded...
+        return SimpleNamespace(glb_path=out_dir / "model.glb", preview_path=out_dir / "preview.png")
+
+    for module, name in ((ingest, "run"), (sfm, "extract_features"), (sfm, "match_features"), (sfm, "reconstruct_sparse"),
+                         (dense, "run"), (mesh, "run"), (texture, "run")):  # fmt: skip
+        monkeypatch.setattr(module, name, lambda *args, **kwargs: stub)
+    monkeypatch.setattr(export, "run", fake_export)
+
+    def full_disk(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write", full_disk)  # ...then writing the report fails
+    with pytest.raises(OSError):
+        reconstruct(tmp_path / "photos", out, build_options("preview"))
+    assert not (out / "model.glb").exists()
