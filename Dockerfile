@@ -7,10 +7,10 @@
 # Two stages: the first builds the wheel and installs it with the reconstruction stack, at the
 # locked versions (requirements.lock), into /opt/venv; the final one copies only that venv: no
 # compilers, no dev dependencies, no source tree, no editable install. Build args:
-#   EXTRAS=pipeline   (default) the real pipeline; EXTRAS= (empty) the light contract double only.
+#   EXTRAS=pipeline,s3   (default) the real pipeline and object storage; EXTRAS=s3 the contract double only.
 
 FROM python:3.11-slim AS build
-ARG EXTRAS=pipeline
+ARG EXTRAS=pipeline,s3
 WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY recon_service ./recon_service

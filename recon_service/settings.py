@@ -7,6 +7,7 @@ environment variable, not the Python field, so an operator knows what to fix.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recon_service.storage.uri import S3Location, parse_output_root
 
 ENV_PREFIX = "RECON_"
 ATTEMPTS_DIR = ".attempts"
@@ -31,16 +34,16 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True, populate_by_name=True, frozen=True
+        env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True, populate_by_name=True, frozen=True, arbitrary_types_allowed=True
     )
 
     service_token: SecretStr | None = Field(None, description="Bearer token the backend must send; generated at start-up when unset.")
     callback_url: str | None = Field(None, description="Backend base URL for status/progress callbacks; no callbacks when unset.")
     callback_token: SecretStr | None = Field(None, description="Bearer token sent with every callback.")
-    model_output_root: Path = Field(
+    model_output_root: Path | S3Location = Field(
         Path("data/models"),
         validation_alias=AliasChoices("MODEL_OUTPUT_ROOT", "model_output_root"),
-        description="Where each job's output folder <job_id>/ (model.glb and other artifacts) is written.",
+        description="Where each job's output <job_id>/ (model.glb and other artifacts) goes: a local folder, or s3://bucket/prefix.",
     )
     photos_root: Path = Field(Path("data/uploads"), description="Jobs' photos_dir must resolve (symlinks followed) inside this folder.")
     data_dir: Path = Field(Path("data"), description="Holds the SQLite job store (jobs.sqlite3).")
@@ -71,12 +74,41 @@ class Settings(BaseSettings):
         "idle",
         description="CPU priority of pipeline workers: idle (SCHED_IDLE: only CPU time the API does not want), low (nice 10) or normal.",
     )
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint (MinIO, Ceph, R2, GCS interoperability); unset: AWS S3. Credentials and region: the standard AWS variables.")
+    s3_timeout_s: float = Field(10.0, gt=0, le=300, description="Connect and read timeout of every S3 call (seconds).")
+    s3_retries: int = Field(5, ge=1, le=20, description="Tries of each S3 upload or download before the job fails (with exponential backoff).")
+    presign_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600, description="Lifetime of pre-signed upload and download URLs (seconds).")
+    upload_root: S3Location | None = Field(
+        None, description="s3://bucket/prefix where pre-signed uploads go (<prefix>/<job_id>/photo_#.jpg); default: <output bucket>/uploads when MODEL_OUTPUT_ROOT is on S3."
+    )
+    upload_ttl_s: float = Field(24 * 3600.0, gt=0, description="A job created for a pre-signed upload that is not committed within this many seconds fails.")
+    scratch_dir: Path | None = Field(None, description="Local working space of jobs whose photos or outputs are on S3 (downloads, attempt folders); default RECON_DATA_DIR/scratch.")
+    max_photo_bytes: int = Field(
+        100_000_000, ge=100_000, description="Largest photo file or object (bytes), whatever a job's options say (caps option ingest.max_photo_bytes)."
+    )
     retention_models: bool = Field(False, description="With RECON_RETENTION_S: remove finished jobs' whole output folder (model.glb too), not only work/.")
 
-    @field_validator("model_output_root", "photos_root", "data_dir")
+    @field_validator("model_output_root", mode="before")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _output_root(cls, value: object) -> object:
+        return parse_output_root(value)
+
+    @field_validator("upload_root", mode="before")
+    @classmethod
+    def _upload_root(cls, value: object) -> object:
+        return S3Location.parse(value) if isinstance(value, str) else value  # type: ignore[arg-type]
+
+    @field_validator("model_output_root", "photos_root", "data_dir", "scratch_dir")
+    @classmethod
+    def _absolute(cls, value: Path | S3Location | None) -> Path | S3Location | None:
+        return value.expanduser().resolve() if isinstance(value, Path) else value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"must be an http(s) URL such as http://minio:9000, not {value!r}")
+        return value
 
     @field_validator("callback_url")
     @classmethod
@@ -96,6 +128,10 @@ class Settings(BaseSettings):
             )
         if self.callback_retry_initial_s > self.callback_retry_max_s:
             raise ValueError("RECON_CALLBACK_RETRY_INITIAL_S must not exceed RECON_CALLBACK_RETRY_MAX_S")
+        if (self.output_s3 or self.upload_root) and importlib.util.find_spec("boto3") is None:
+            raise ValueError(
+                "MODEL_OUTPUT_ROOT / RECON_UPLOAD_ROOT on S3 need boto3, which is not installed: pip install 'recon-service[s3]'"
+            )
         return self
 
     @property
@@ -106,14 +142,40 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
 
+    @property
+    def output_s3(self) -> S3Location | None:
+        """MODEL_OUTPUT_ROOT when it is on S3, else ``None``."""
+        return self.model_output_root if isinstance(self.model_output_root, S3Location) else None
+
+    @property
+    def local_output_root(self) -> Path | None:
+        """MODEL_OUTPUT_ROOT when it is a local folder, else ``None``."""
+        return self.model_output_root if isinstance(self.model_output_root, Path) else None
+
+    @property
+    def upload_location(self) -> S3Location | None:
+        """Where pre-signed uploads go: RECON_UPLOAD_ROOT, or ``<output bucket>/uploads``; ``None`` without S3."""
+        if self.upload_root is not None:
+            return self.upload_root
+        return S3Location(self.output_s3.bucket, "uploads") if self.output_s3 is not None else None
+
+    @property
+    def scratch_root(self) -> Path:
+        """RECON_SCRATCH_DIR, or RECON_DATA_DIR/scratch."""
+        return self.scratch_dir if self.scratch_dir is not None else self.data_dir / "scratch"
+
     def job_output_dir(self, job_id: str) -> Path:
-        """``MODEL_OUTPUT_ROOT/<job_id>/``: where the job's model.glb and other artifacts go."""
-        return self.model_output_root / job_id
+        """``MODEL_OUTPUT_ROOT/<job_id>/`` on local storage: where the job's model.glb and other artifacts go."""
+        if self.local_output_root is None:
+            raise RuntimeError("MODEL_OUTPUT_ROOT is on S3: a job's output is objects, not a local folder")
+        return self.local_output_root / job_id
 
     @property
     def attempts_root(self) -> Path:
-        """``MODEL_OUTPUT_ROOT/.attempts/``: each running attempt's own folder, on the output's filesystem."""
-        return self.model_output_root / ATTEMPTS_DIR
+        """Each running attempt's own folder: ``MODEL_OUTPUT_ROOT/.attempts/`` (the output's filesystem, for
+        one rename), or with S3 outputs ``<scratch>/attempts/`` (uploaded from there)."""
+        root = self.local_output_root
+        return root / ATTEMPTS_DIR if root is not None else self.scratch_root / "attempts"
 
     def attempt_dir(self, job_id: str, attempt: int) -> Path:
         """Where attempt ``attempt`` of the job writes while it runs: no other attempt (a stale one that

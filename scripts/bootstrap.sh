@@ -35,5 +35,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # Every version comes from the lock file (make lock refreshes it): the same on every machine and in CI.
-.venv/bin/python -m pip install -q -c requirements.lock -e '.[pipeline,dev]'
+.venv/bin/python -m pip install -q -c requirements.lock -e '.[pipeline,s3,dev]'
 echo "installed into .venv (locked versions from requirements.lock)"

@@ -116,6 +116,10 @@ def test_the_kit_depends_on_the_contract_only() -> None:
     assert others == []
 
 
+def test_the_storage_room_knows_nothing_of_http_or_jobs() -> None:
+    assert _violations(("recon_service.storage",), ("recon_service.api", "recon_service.jobs", "recon_service.kit", "fastapi", "starlette")) == []
+
+
 def test_storage_never_builds_http_bodies() -> None:
     storage = ("recon_service.jobs.store", "recon_service.jobs.records", "recon_service.jobs.migrations")
     reached = [

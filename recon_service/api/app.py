@@ -30,7 +30,9 @@ from recon_service.jobs.metrics import ServiceMetrics
 from recon_service.jobs.outbox import CallbackDispatcher
 from recon_service.jobs.retention import DiskUsage, RetentionSweeper
 from recon_service.jobs.store import open_store
+from recon_service.jobs.uploads import UploadExpiry
 from recon_service.settings import Settings
+from recon_service.storage.clients import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +49,12 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
     if settings.service_token is None:
         raise ValueError("create_app needs settings.service_token; call recon_service.auth.ensure_token(settings) first")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.model_output_root.mkdir(parents=True, exist_ok=True)
+    if settings.local_output_root is not None:
+        settings.local_output_root.mkdir(parents=True, exist_ok=True)
     if not settings.photos_root.is_dir():
         logger.warning("RECON_PHOTOS_ROOT=%s does not exist; every submission will be refused until it does", settings.photos_root)
     store = open_store(settings)
+    storage = Storage(settings)
     executor = executor or LocalProcessExecutor(settings, store)
     service_metrics = ServiceMetrics(settings, store, executor)
     disk = DiskUsage(settings)
@@ -58,11 +62,13 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
         settings=settings,
         store=store,
         executor=executor,
-        callbacks=CallbackDispatcher(settings, store, service_metrics.callbacks) if settings.callback_url else None,
+        callbacks=CallbackDispatcher(settings, store, service_metrics.callbacks, storage) if settings.callback_url else None,
         disk=disk,
         unavailable=_pipeline_problem(settings, executor),
+        storage=storage,
     )
-    sweeper = RetentionSweeper(settings, store, disk) if settings.retention_s is not None else None
+    sweeper = RetentionSweeper(settings, store, disk, storage) if settings.retention_s is not None else None
+    uploads = UploadExpiry(settings, store, storage)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +82,7 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
             service.callbacks.start()
         if sweeper is not None:
             sweeper.start()
+        uploads.start()
         logger.info(
             "recon-service %s ready: pipeline=%s%s max_workers=%d data_dir=%s callbacks=%s",
             __version__, settings.pipeline, " (SIMULATED, not a real reconstruction)" if settings.simulated else "",
@@ -89,6 +96,7 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
                 await asyncio.to_thread(service.callbacks.stop)
             if sweeper is not None:
                 await asyncio.to_thread(sweeper.stop)
+            await asyncio.to_thread(uploads.stop)
             logs.set_job_lookup(None)
             os.close(lock)
             logger.info("recon-service stopped")

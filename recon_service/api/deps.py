@@ -13,6 +13,7 @@ from recon_service.jobs.outbox import CallbackDispatcher
 from recon_service.jobs.retention import DiskUsage
 from recon_service.jobs.store import Store
 from recon_service.settings import Settings
+from recon_service.storage.clients import Storage
 
 
 @dataclass
@@ -26,6 +27,8 @@ class Service:
     disk: DiskUsage | None = None
     unavailable: str | None = None
     """Why this service cannot run jobs at all (the real pipeline without its packages), else ``None``."""
+    storage: Storage | None = None
+    """Outputs and the object store (made on first use)."""
 
 
 def get_service(request: Request) -> Service:

@@ -49,8 +49,11 @@ def describe_validation_errors(errors: Any) -> str:
         if kind == "json_invalid":
             parts.append(f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
             continue
-        if where == "body" and not field:
+        if where == "body" and not field and kind != "value_error":
             parts.append("request body is required" if kind == "missing" else "request body must be a JSON object")
+            continue
+        if where == "body" and not field:  # a check across fields: its message names them
+            parts.append(str(err.get("msg", "is invalid")).removeprefix("Value error, "))
             continue
         message = "is required" if kind == "missing" else str(err.get("msg", "is invalid")).removeprefix("Value error, ")
         if len(message) > MAX_ECHO_CHARS:  # messages quote the value: never echo a megabyte back

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipelines.errors import Cancelled, InvalidInput, InvalidOptions, ReconError, ReconstructionFailed
 from recon_service.settings import Settings
+from recon_service.storage.s3 import StorageError
 
 MAX_ATTEMPTS = 3
 """A job interrupted by this many service restarts is failed instead of re-run again."""
@@ -30,6 +31,8 @@ def message_for_error(exc: BaseException, *, writing: Path | None = None) -> str
         )
     if isinstance(exc, Cancelled):
         return "cancelled"
+    if isinstance(exc, StorageError):
+        return f"the photos could not be read from the object store: {exc.message}"
     if isinstance(exc, InvalidOptions):
         return f"invalid options: {exc}"
     if isinstance(exc, ReconstructionFailed):

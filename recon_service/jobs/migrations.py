@@ -136,11 +136,18 @@ def _v4(conn: sqlite3.Connection) -> None:
     """)
 
 
+def _v5(conn: sqlite3.Connection) -> None:
+    """Jobs whose photos come through a pre-signed upload wait for a commit before they may run."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN upload_expires_at REAL")  # the job fails if not committed by then (NULL: no upload)
+    conn.execute("ALTER TABLE jobs ADD COLUMN upload_committed_at REAL")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and the callback outbox", _v1),
     Migration(2, "stage_runs: one row per pipeline stage of each attempt", _v2),
     Migration(3, "model_uri and artifact URIs instead of paths", _v3),
     Migration(4, "callbacks given up are dead letters (state 'dead')", _v4),
+    Migration(5, "pre-signed uploads: upload_expires_at, upload_committed_at", _v5),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -37,6 +37,8 @@ from recon_service.jobs.records import Callback
 from recon_service.jobs.store import Store
 from recon_service.logs import about
 from recon_service.settings import Settings
+from recon_service.storage.clients import Storage
+from recon_service.storage.s3 import StorageError
 
 if TYPE_CHECKING:
     from recon_service.jobs.metrics import CallbackCounters
@@ -80,12 +82,13 @@ def answer_kind(status: int, callback_kind: str) -> str:
 class CallbackDispatcher:
     """Delivers the outbox of ``store`` to ``settings.callback_url`` until stopped."""
 
-    def __init__(self, settings: Settings, store: Store, counters: CallbackCounters | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, counters: CallbackCounters | None = None, storage: Storage | None = None) -> None:
         if settings.callback_url is None or settings.callback_token is None:
             raise ValueError("CallbackDispatcher needs RECON_CALLBACK_URL and RECON_CALLBACK_TOKEN")
         self._settings = settings
         self._store = store
         self._counters = counters
+        self._storage = storage
         self._base_url = settings.callback_url
         self._token = settings.callback_token.get_secret_value()
         self._thread = threading.Thread(target=self._run, name="callback-sender", daemon=True)
@@ -163,7 +166,7 @@ class CallbackDispatcher:
 
     async def _deliver(self, client: httpx.AsyncClient, limits: asyncio.Semaphore, cb: Callback, *, copies: int, delay: float) -> None:
         url = f"{self._base_url}/internal/reconstruction/{cb.kind}"
-        body = callback_body(cb)
+        body = await asyncio.to_thread(self._with_links, callback_body(cb))
         try:
             for _ in range(copies):
                 if delay:
@@ -191,6 +194,19 @@ class CallbackDispatcher:
         if self._counters is not None:
             self._counters.delivered(cb.kind)
         logger.debug("job=%s callback %s #%d delivered: %s", cb.job_id, cb.kind, cb.id, cb.body.get("status"), extra=about(cb.job_id))
+
+    def _with_links(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A completed job's model on S3: add fresh pre-signed download links (additive fields)."""
+        uri = body.get("model_uri")
+        if self._storage is None or not (isinstance(uri, str) and uri.startswith("s3://")):
+            return body
+        job = self._store.get(body["job_id"])
+        try:
+            model_url, artifact_urls = self._storage.outputs.links(uri, job.artifacts if job is not None else {})
+        except StorageError as exc:  # the body stays valid without them; the backend can GET the job later
+            logger.warning("job=%s callback sent without download links: %s", body["job_id"], exc.message, extra=about(body["job_id"]))
+            return body
+        return {**body, "model_url": model_url, "artifact_urls": artifact_urls}
 
     def retry_policy(self, cb: Callback) -> AsyncRetrying:
         """Backoff by answer (see the module docstring); stop at the callback's maximum age or shutdown."""
@@ -255,4 +271,4 @@ class CallbackDispatcher:
 
 def callback_body(cb: Callback) -> dict[str, Any]:
     """The contract's body (exactly its five fields) for the job state an outbox row recorded."""
-    return CallbackBody.model_validate(cb.body).model_dump(mode="json")
+    return CallbackBody.model_validate(cb.body).model_dump(mode="json", exclude={"model_url", "artifact_urls"})

@@ -42,6 +42,14 @@ class InvalidTransition(RuntimeError):
     """A programming error: the code tried a change the job state machine forbids."""
 
 
+class CommitOutcome(StrEnum):
+    NOT_FOUND = "not_found"
+    COMMITTED = "committed"  # queued now
+    ALREADY = "already"  # committed before: nothing to do
+    NOT_AN_UPLOAD = "not_an_upload"  # the job has photos_dir: there is nothing to commit (409)
+    FINISHED = "finished"  # failed (expired, cancelled) before its commit (409)
+
+
 class CancelOutcome(StrEnum):
     NOT_FOUND = "not_found"
     CANCELLED = "cancelled"  # was queued: failed now, never starts
@@ -62,6 +70,8 @@ class NewJob:
     notes: str | None
     options: dict[str, Any]
     simulate: dict[str, Any] | None
+    upload_expires_at: float | None = None
+    """For a pre-signed upload: the job waits for its commit until then (Unix seconds)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,8 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     last_progress_cb_at: float | None
+    upload_expires_at: float | None = None
+    upload_committed_at: float | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
@@ -109,6 +121,11 @@ class JobRecord:
     @property
     def final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def awaiting_upload(self) -> bool:
+        """Created for a pre-signed upload and not committed yet: it may not run."""
+        return self.upload_expires_at is not None and self.upload_committed_at is None and self.state is JobState.QUEUED
 
     def snapshot(self) -> dict[str, Any]:
         """What a status or progress callback reports of this job (the outbox renders the contract body from it)."""
@@ -131,7 +148,7 @@ class Callback:
 
 JOB_COLUMNS = (
     "state", "status", "stage", "progress", "message", "eta_seconds", "model_uri", "artifacts", "cancel_requested",
-    "cancel_reason", "cancelled", "attempts", "updated_at", "started_at", "finished_at", "last_progress_cb_at",
+    "cancel_reason", "cancelled", "attempts", "updated_at", "started_at", "finished_at", "last_progress_cb_at", "upload_committed_at",
 )  # fmt: skip
 """The columns a job's changes may touch (the rest is fixed at submission)."""
 

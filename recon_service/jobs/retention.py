@@ -32,6 +32,9 @@ from recon_service.jobs.records import JobState
 from recon_service.jobs.store import Store
 from recon_service.logs import JOB_LOG_DIR, about
 from recon_service.settings import Settings
+from recon_service.storage.clients import Storage
+from recon_service.storage.s3 import StorageError
+from recon_service.storage.uri import S3Location
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +90,8 @@ class DiskUsage:
             return hit[2]
         attempts = self._settings.attempts_root
         running = list(attempts.glob(f"{job_id}.*")) if attempts.is_dir() else []
-        size = disk_bytes(self._settings.job_output_dir(job_id)) + sum(disk_bytes(p) for p in running)
+        local = disk_bytes(self._settings.job_output_dir(job_id)) if self._settings.local_output_root is not None else 0
+        size = local + sum(disk_bytes(p) for p in running)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self._cache_s}
@@ -113,12 +117,13 @@ class Removal:
 class RetentionSweeper:
     """Removes finished jobs' working files (or whole folders) ``RECON_RETENTION_S`` after they finished."""
 
-    def __init__(self, settings: Settings, store: Store, disk: DiskUsage | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, disk: DiskUsage | None = None, storage: Storage | None = None) -> None:
         if settings.retention_s is None:
             raise ValueError("RetentionSweeper needs RECON_RETENTION_S")
         self._settings = settings
         self._store = store
         self._disk = disk
+        self._storage = storage
         self._retention_s = settings.retention_s
         self.interval_s = min(60.0, max(0.5, self._retention_s / 4))
         """Seconds between sweeps: a file outlives its retention by at most this much."""
@@ -149,7 +154,7 @@ class RetentionSweeper:
         cutoff = now - self._retention_s
         removed: list[Removal] = []
         try:
-            entries = list(os.scandir(self._settings.model_output_root))
+            entries = list(os.scandir(self._settings.local_output_root)) if self._settings.local_output_root else []
         except FileNotFoundError:
             entries = []
         for entry in entries:
@@ -172,10 +177,30 @@ class RetentionSweeper:
             logger.info("job=%s retention: removed %s (%d bytes), %.0f s after the job finished (RECON_RETENTION_S=%g)",
                         job.job_id, target, size, age, self._retention_s, extra=about(job.job_id))  # fmt: skip
         self._prune_logs(cutoff)
-        rows = self._store.prune_history(cutoff, jobs=self._settings.retention_models)
+        kept = self._remove_objects(cutoff) if self._settings.retention_models else frozenset()
+        rows = self._store.prune_history(cutoff, jobs=self._settings.retention_models, keep=kept)
         if any(rows.values()):
             logger.info("retention: removed from the store %s of jobs that finished over %g s ago", rows, self._retention_s)
         return removed
+
+    def _remove_objects(self, cutoff: float) -> frozenset[str]:
+        """With RECON_RETENTION_MODELS: the S3 objects (outputs, uploaded photos) of jobs finished before ``cutoff``.
+
+        Returns the jobs whose objects could not be removed now: their records stay, to be tried again.
+        """
+        if self._storage is None:
+            return frozenset()
+        failed = set()
+        for job in self._store.finished_jobs(cutoff):
+            try:
+                if job.model_uri is not None and job.model_uri.startswith("s3://"):
+                    self._storage.outputs.remove(job.job_id)
+                if job.upload_expires_at is not None:
+                    self._storage.s3().delete_prefix(S3Location.parse(job.photos_dir))
+            except StorageError as exc:
+                logger.warning("job=%s retention could not remove its objects (tried again later): %s", job.job_id, exc.message, extra=about(job.job_id))
+                failed.add(job.job_id)
+        return frozenset(failed)
 
     def _prune_logs(self, cutoff: float) -> None:
         """Job log files of jobs finished before ``cutoff`` (or no longer in the store)."""

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import Cancelled, InvalidInput, ReconError
-from pipelines.progress import CancelToken, ProgressEvent
+from pipelines.progress import CancelToken, ProgressEvent, ProgressFn
 from recon_service import logs
 from recon_service.jobs.messages import MAX_ATTEMPTS, disk_full, mark, message_for_error, newest_file, stopped_message
-from recon_service.jobs.records import JobState
+from recon_service.jobs.records import JobRecord, JobState
 from recon_service.jobs.store import Store, open_store
 from recon_service.settings import Settings
+from recon_service.storage.clients import Storage
+from recon_service.storage.photos import download_photos
+from recon_service.storage.s3 import StorageError
+from recon_service.storage.uri import S3Location
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +54,6 @@ def load_pipeline(name: str) -> Callable[..., Any]:
 def remove_output(out_dir: Path) -> None:
     """Remove an attempt's (or a job's) output folder and everything in it."""
     shutil.rmtree(out_dir, ignore_errors=True)
-
-
-def publish_local(attempt_dir: Path, final: Path) -> None:
-    """Make a finished attempt's folder the job's output folder: one rename on the same filesystem,
-    so ``MODEL_OUTPUT_ROOT/<job_id>/`` never holds a mix of two attempts or a half-written model."""
-    if final.exists():
-        remove_output(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(attempt_dir, final)
 
 
 def _still_owned(store: Store, job_id: str, attempt: int) -> bool:
@@ -91,6 +86,8 @@ def run_job(
     attempt = job.attempts
     out_dir = settings.attempt_dir(job_id, attempt)
     remove_output(out_dir)
+    downloads = settings.scratch_root / "photos" / f"{job_id}.{attempt}"  # photos of a job whose photos_dir is on S3
+    storage = Storage(settings)
     cancel = cancel or CancelToken()
     watcher = _CancelWatcher(store, job_id, cancel, parent_pid)
     writer = _ProgressWriter(store, job_id, attempt, cancel, held=job.progress)
@@ -100,7 +97,7 @@ def run_job(
     try:
         from pipelines.options import build_options
 
-        _check_photos_inside_root(Path(job.photos_dir), settings)
+        photos_dir = _local_photos(job, settings, storage, downloads, writer)
         pipeline = load_pipeline(settings.pipeline)
         flat = dict(job.options)
         options = build_options(flat.pop("preset"), flat)
@@ -109,9 +106,10 @@ def run_job(
             from pipelines.simulate import SimulateScenario
 
             extra["scenario"] = SimulateScenario.from_dict(job.simulate)
-        result = pipeline(Path(job.photos_dir), out_dir, options, writer, cancel, **extra)
+        result = pipeline(photos_dir, out_dir, options, writer, cancel, **extra)
     except BaseException as exc:
         watcher.stop()
+        remove_output(downloads)
         writing = newest_file(out_dir) if disk_full(exc) is not None else None  # before the output is removed
         remove_output(out_dir)
         if terminating.is_set():
@@ -121,7 +119,7 @@ def run_job(
         if isinstance(exc, Cancelled):
             reason = store.cancel_reason(job_id)
             store.fail(job_id, attempt, message=stopped_message(reason, settings), cancelled=reason != "timeout")
-        elif isinstance(exc, (ReconError, MemoryError)):
+        elif isinstance(exc, (ReconError, MemoryError, StorageError)):
             store.fail(job_id, attempt, message=mark(message_for_error(exc, writing=writing), settings))
         elif isinstance(exc, Exception):
             logger.exception("job=%s crashed", job_id)
@@ -130,19 +128,23 @@ def run_job(
             raise
         return
     watcher.stop()
+    remove_output(downloads)
     if terminating.is_set():  # the stop was swallowed on its way up: the run must not count
         remove_output(out_dir)
         raise SystemExit(128 + signal.SIGTERM)
-    final = settings.job_output_dir(job_id)
-    if store.get(job_id) is None or not _still_owned(store, job_id, attempt):
+    if not _still_owned(store, job_id, attempt):
         remove_output(out_dir)  # re-queued or finished elsewhere meanwhile: this attempt's output is moot
         logger.warning("job=%s attempt=%d finished but no longer owns the job; its output was discarded", job_id, attempt)
         return
-    publish_local(out_dir, final)
-    artifacts = {name: (final / Path(path).resolve().relative_to(out_dir.resolve())).as_uri() for name, path in result.artifacts.items()}
-    model_uri = (final / Path(result.model_path).resolve().relative_to(out_dir.resolve())).as_uri()
+    try:
+        published = storage.outputs.publish(job_id, out_dir, result.model_path, result.artifacts)
+    except StorageError as exc:
+        remove_output(out_dir)
+        logger.error("job=%s attempt=%d %s", job_id, attempt, exc.message)
+        store.fail(job_id, attempt, message=mark(exc.message, settings))
+        return
     message = "; ".join(result.warnings) if result.warnings else "completed"
-    store.complete(job_id, attempt, model_uri=model_uri, artifacts=artifacts, message=mark(message, settings))
+    store.complete(job_id, attempt, model_uri=published.model_uri, artifacts=published.artifacts, message=mark(message, settings))
     logger.info("job=%s attempt=%d completed in %.1f s", job_id, attempt, time.monotonic() - started)
 
 
@@ -191,10 +193,20 @@ def _lower_priority(priority: str) -> None:
         logger.info("job=%s could not lower the worker's CPU priority to %s", logs.bound_job(), priority)
 
 
-def _check_photos_inside_root(photos_dir: Path, settings: Settings) -> None:
-    """The folder must still resolve inside RECON_PHOTOS_ROOT (photos themselves are opened without following links)."""
-    if not photos_dir.resolve().is_relative_to(settings.photos_root):
-        raise InvalidInput(f"photos_dir {photos_dir} now resolves outside the allowed photos root (RECON_PHOTOS_ROOT); upload the photos again")
+def _local_photos(job: JobRecord, settings: Settings, storage: Storage, downloads: Path, progress: ProgressFn) -> Path:
+    """A local folder with the job's photos: its photos_dir (still inside RECON_PHOTOS_ROOT; the photos
+    themselves are opened without following links), or a download of its S3 photos into ``downloads``."""
+    if not job.photos_dir.startswith("s3://"):
+        photos_dir = Path(job.photos_dir)
+        if not photos_dir.resolve().is_relative_to(settings.photos_root):
+            raise InvalidInput(f"photos_dir {photos_dir} now resolves outside the allowed photos root (RECON_PHOTOS_ROOT); upload the photos again")
+        return photos_dir
+    from pipelines.run import PHASE_OF_STAGE
+
+    location = S3Location.parse(job.photos_dir)
+    progress(ProgressEvent("ingest", PHASE_OF_STAGE["ingest"], 0.0, 0.0, f"downloading {job.photo_count} photos from {location.uri}/", None, 0.0))
+    remove_output(downloads)
+    return download_photos(storage.s3(), location, downloads, max_bytes=int(job.options["ingest.max_photo_bytes"]))
 
 
 class _ProgressWriter:

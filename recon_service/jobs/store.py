@@ -36,6 +36,7 @@ from recon_service.jobs.records import (
     TRANSITIONS,
     Callback,
     CancelOutcome,
+    CommitOutcome,
     InvalidTransition,
     JobRecord,
     JobState,
@@ -196,13 +197,15 @@ class Store:
             existing = self._get(conn, new.job_id)
             if existing is not None:
                 return existing, False
+            waiting = new.upload_expires_at is not None
             conn.execute(
                 "INSERT INTO jobs (job_id, request, dataset_name, photo_count, photos_dir, notes, options, simulate,"
-                " state, status, message, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " state, status, stage, message, created_at, updated_at, upload_expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     new.job_id, canonical_json(new.request), new.dataset_name, new.photo_count, new.photos_dir, new.notes,
                     canonical_json(new.options), canonical_json(new.simulate) if new.simulate is not None else None,
-                    JobState.QUEUED.value, ContractStatus.QUEUED.value, "queued", now, now,
+                    JobState.QUEUED.value, ContractStatus.QUEUED.value, "upload" if waiting else None,
+                    f"waiting for {new.photo_count} photos" if waiting else "queued", now, now, new.upload_expires_at,
                 ),
             )  # fmt: skip
             job = self._get(conn, new.job_id)
@@ -252,16 +255,43 @@ class Store:
     # -- execution -----------------------------------------------------------------------------
     def claim_next(self) -> JobRecord | None:
         """Oldest queued job → running, attempt counted; ``None`` when nothing waits."""
-        if self._conn().execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is None:
+        if self._conn().execute(f"SELECT 1 FROM jobs WHERE {_RUNNABLE} LIMIT 1").fetchone() is None:
             return None  # the common case, answered without taking the write lock
         with self._write() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY seq LIMIT 1").fetchone()
+            row = conn.execute(f"SELECT * FROM jobs WHERE {_RUNNABLE} ORDER BY seq LIMIT 1").fetchone()
             if row is None:
                 return None
             job = JobRecord.from_row(row)
             return self._save(  # stage: none yet in this attempt (its first progress report sets it)
                 conn, job, state=JobState.RUNNING, attempts=job.attempts + 1, started_at=time.time(), eta_seconds=None, stage=None
             )
+
+    def commit_upload(self, job_id: str) -> tuple[CommitOutcome, JobRecord | None]:
+        """The photos of a pre-signed upload are up (checked by the caller): the job may run now."""
+        with self._write() as conn:
+            job = self._get(conn, job_id)
+            if job is None:
+                return CommitOutcome.NOT_FOUND, None
+            if job.upload_expires_at is None:
+                return CommitOutcome.NOT_AN_UPLOAD, job
+            if job.upload_committed_at is not None:
+                return CommitOutcome.ALREADY, job
+            if job.state is not JobState.QUEUED:
+                return CommitOutcome.FINISHED, job
+            return CommitOutcome.COMMITTED, self._save(conn, job, upload_committed_at=time.time(), stage=None, message="queued")
+
+    def expire_uploads(self, now: float, message: str) -> list[str]:
+        """Fail the jobs whose upload was not committed in time; returns their ids."""
+        expired = []
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE state='queued' AND upload_committed_at IS NULL AND upload_expires_at < ?", (now,)
+            ).fetchall()
+            for row in rows:
+                job = JobRecord.from_row(row)
+                self._save(conn, job, state=JobState.FAILED, message=message)
+                expired.append(job.job_id)
+        return expired
 
     def record_progress(
         self, job_id: str, attempt: int, *, stage: str, phase: str, progress: float, eta_seconds: float | None, message: str
@@ -393,12 +423,20 @@ class Store:
             )
             return cur.rowcount
 
-    def prune_history(self, finished_before: float, *, jobs: bool) -> dict[str, int]:
+    def finished_jobs(self, finished_before: float, limit: int = 500) -> list[JobRecord]:
+        """Final jobs that ended before ``finished_before``, oldest first (for retention)."""
+        rows = self._conn().execute(
+            "SELECT * FROM jobs WHERE state IN (?, ?) AND finished_at < ? ORDER BY finished_at LIMIT ?",
+            (JobState.COMPLETED.value, JobState.FAILED.value, finished_before, limit),
+        ).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def prune_history(self, finished_before: float, *, jobs: bool, keep: frozenset[str] = frozenset()) -> dict[str, int]:
         """What retention removes from the store for jobs that ended before ``finished_before``.
 
         Always their settled callbacks and their ``stage_runs``; with ``jobs`` also the job rows
         themselves (then ``GET /jobs/{id}`` answers 404), except a job that still has a callback
-        pending. Returns the rows removed per table.
+        pending and the jobs in ``keep``. Returns the rows removed per table.
         """
         args = (JobState.COMPLETED.value, JobState.FAILED.value, finished_before)
         removed = {"callbacks": self.prune_callbacks(finished_before)}
@@ -406,10 +444,11 @@ class Store:
             removed["stage_runs"] = conn.execute(f"DELETE FROM stage_runs WHERE job_id IN ({_FINISHED_BEFORE})", args).rowcount
             removed["jobs"] = 0
             if jobs:
+                kept = ",".join("?" * len(keep))
                 removed["jobs"] = conn.execute(
                     f"DELETE FROM jobs WHERE job_id IN ({_FINISHED_BEFORE}) AND job_id NOT IN "
-                    "(SELECT job_id FROM callbacks WHERE state='pending')",
-                    args,
+                    f"(SELECT job_id FROM callbacks WHERE state='pending') AND job_id NOT IN ({kept})",
+                    (*args, *sorted(keep)),
                 ).rowcount
         return removed
 
@@ -443,5 +482,7 @@ class Store:
         return self._conn().execute("SELECT COUNT(*) FROM callbacks WHERE state='pending'").fetchone()[0]
 
 
+_RUNNABLE = "state='queued' AND (upload_expires_at IS NULL OR upload_committed_at IS NOT NULL)"
+"""Queued jobs a worker may take: not waiting for the commit of a pre-signed upload."""
 _FINISHED_BEFORE = "SELECT job_id FROM jobs WHERE state IN (?, ?) AND finished_at < ?"
 """Jobs that are final and ended before a cutoff (parameters: completed, failed, cutoff)."""

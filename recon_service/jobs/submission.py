@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import InvalidInput, InvalidOptions
 from pipelines.options import DEFAULT_PRESET, build_options, options_to_dict
@@ -18,6 +20,12 @@ from pipelines.photos import PHOTO_KINDS, PhotoFolder
 from recon_service.contract import JobCreate
 from recon_service.jobs.records import NewJob
 from recon_service.settings import Settings
+from recon_service.storage.photos import PhotosRefused, check_photos
+from recon_service.storage.s3 import StorageError
+from recon_service.storage.uri import InvalidLocation, S3Location
+
+if TYPE_CHECKING:
+    from recon_service.storage.s3 import S3
 
 
 class SubmissionRejected(ValueError):
@@ -36,34 +44,74 @@ def canonical_request(body: JobCreate, settings: Settings) -> dict[str, Any]:
     return request
 
 
-def validate_submission(body: JobCreate, settings: Settings) -> NewJob:
-    """A storable job, or :class:`SubmissionRejected` naming the first problem."""
+def validate_submission(body: JobCreate, settings: Settings, s3: Callable[[], S3] | None = None) -> NewJob:
+    """A storable job, or :class:`SubmissionRejected` naming the first problem.
+
+    ``s3`` gives the service's object-store client, for ``photos_dir`` on S3 and pre-signed uploads.
+    """
     options = _options(body.options, settings)
     simulate = _scenario(body.simulate) if settings.simulated else None
-    photos_dir = _photos_dir(body.photos_dir, settings.photos_root)
-    photos = _photos(photos_dir, options["ingest.max_photo_bytes"])
-    if len(photos) < options["ingest.min_photos"]:
-        raise SubmissionRejected(
-            f"photos_dir: found {len(photos)} photos ({PHOTO_KINDS}) in {photos_dir}; at least {options['ingest.min_photos']} are needed"
-        )
-    if len(photos) > options["ingest.max_photos"]:
-        capped = ", capped by RECON_MAX_PHOTOS" if options["ingest.max_photos"] == settings.max_photos else ""
-        raise SubmissionRejected(
-            f"photos_dir: found {len(photos)} photos in {photos_dir}; at most {options['ingest.max_photos']} are allowed "
-            f"(option ingest.max_photos{capped}); split the photos over several jobs",
-        )
-    if body.photo_count != len(photos):
-        raise SubmissionRejected(f"photo_count: the request says {body.photo_count} photos but photos_dir {photos_dir} holds {len(photos)}")
+    upload_expires_at = None
+    if body.upload:
+        photos_dir = _upload_location(body, settings, options)
+        upload_expires_at = time.time() + settings.upload_ttl_s
+    elif body.photos_dir is not None and body.photos_dir.startswith("s3://"):
+        photos_dir = _s3_photos(body.photos_dir, body.photo_count, options, settings, s3)
+    else:
+        assert body.photos_dir is not None  # JobCreate requires photos_dir or upload
+        folder = _photos_dir(body.photos_dir, settings.photos_root)
+        _check_count(len(_photos(folder, options["ingest.max_photo_bytes"])), body.photo_count, options, settings, str(folder))
+        photos_dir = str(folder)
     return NewJob(
         job_id=body.job_id,
         request=canonical_request(body, settings),
         dataset_name=body.dataset_name,
         photo_count=body.photo_count,
-        photos_dir=str(photos_dir),
+        photos_dir=photos_dir,
         notes=body.notes,
         options=options,
         simulate=simulate,
+        upload_expires_at=upload_expires_at,
     )
+
+
+def _check_count(found: int, photo_count: int, options: dict[str, Any], settings: Settings, where: str) -> None:
+    """Enough photos, not too many, and as many as the request says."""
+    if found < options["ingest.min_photos"]:
+        raise SubmissionRejected(f"photos_dir: found {found} photos ({PHOTO_KINDS}) in {where}; at least {options['ingest.min_photos']} are needed")
+    if found > options["ingest.max_photos"]:
+        capped = ", capped by RECON_MAX_PHOTOS" if options["ingest.max_photos"] == settings.max_photos else ""
+        raise SubmissionRejected(
+            f"photos_dir: found {found} photos in {where}; at most {options['ingest.max_photos']} are allowed "
+            f"(option ingest.max_photos{capped}); split the photos over several jobs",
+        )
+    if photo_count != found:
+        raise SubmissionRejected(f"photo_count: the request says {photo_count} photos but photos_dir {where} holds {found}")
+
+
+def _upload_location(body: JobCreate, settings: Settings, options: dict[str, Any]) -> str:
+    """Where the photos of ``upload: true`` go: ``<RECON_UPLOAD_ROOT>/<job_id>`` (the job id is a checked UUID)."""
+    root = settings.upload_location
+    if root is None:
+        raise SubmissionRejected("upload: pre-signed uploads need object storage; set RECON_UPLOAD_ROOT=s3://bucket/prefix (or MODEL_OUTPUT_ROOT on S3)")
+    _check_count(body.photo_count, body.photo_count, options, settings, "the upload")
+    return root.child(body.job_id).uri
+
+
+def _s3_photos(uri: str, photo_count: int, options: dict[str, Any], settings: Settings, s3: Callable[[], S3] | None) -> str:
+    """``photos_dir`` on S3: the bucket answers, the prefix holds the photos, count and sizes are right."""
+    try:
+        location = S3Location.parse(uri)
+    except InvalidLocation as exc:
+        raise SubmissionRejected(f"photos_dir: {exc}") from None
+    if s3 is None:
+        raise SubmissionRejected(f"photos_dir: {uri} is on S3, but this service has no object store client (install recon-service[s3])")
+    try:
+        photos = check_photos(s3(), location, max_bytes=options["ingest.max_photo_bytes"])
+    except (StorageError, PhotosRefused) as exc:
+        raise SubmissionRejected(f"photos_dir: {exc}") from None
+    _check_count(len(photos), photo_count, options, settings, location.uri)
+    return location.uri
 
 
 def _options(raw: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
@@ -86,6 +134,7 @@ def _options(raw: dict[str, Any] | None, settings: Settings) -> dict[str, Any]:
     for key, limit, variable in (
         ("ingest.max_photos", settings.max_photos, "RECON_MAX_PHOTOS"),
         ("ingest.max_pixels", settings.max_pixels, "RECON_MAX_PIXELS"),
+        ("ingest.max_photo_bytes", settings.max_photo_bytes, "RECON_MAX_PHOTO_BYTES"),
     ):
         if options[key] > limit:
             if key in raw:

@@ -6,6 +6,7 @@
 ``kit.double``            ``ReconDouble``: the real service in simulate mode, on loopback
 ``kit.recorder``          ``CallbackRecorder``: the backend's callback endpoints, recording
 ``kit.pytest_plugin``     the ``recon_double`` and ``callback_recorder`` fixtures
+``kit.s3``                ``S3Server``: a real S3 API server (moto) on loopback, for the S3 path
 ========================  ===============================================================
 
 It depends on the contract (``recon_service.contract``) and nothing else of the service, and
@@ -26,7 +27,7 @@ _EXPORTS = {
     "PayloadTooLarge": "errors", "ServerError": "errors",
     "CallbackReceiver": "receiver", "CallbackRejected": "receiver", "ProgressCallbackBody": "receiver",
     "ReconDouble": "double", "CallbackRecorder": "recorder", "RecordedCallback": "recorder",
-    "write_jpegs": "photos", "free_port": "ports",
+    "write_jpegs": "photos", "free_port": "ports", "S3Server": "s3",
 }  # fmt: skip
 __all__ = sorted(_EXPORTS)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -17,8 +18,14 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from recon_service import __version__
-from recon_service.contract import Health, JobAccepted, JobList, JobPublic, OptionsCatalog, Ready
-from recon_service.kit.errors import ReconClientError, ServiceUnreachable, error_from_response
+from recon_service.contract import Health, JobAccepted, JobList, JobPublic, OptionsCatalog, Ready, UploadUrl
+from recon_service.kit.errors import (
+    ReconClientError,
+    ReconServiceError,
+    ServerError,
+    ServiceUnreachable,
+    error_from_response,
+)
 from recon_service.kit.retry import RetryPolicy
 
 
@@ -38,17 +45,17 @@ def submit_call(
     job_id: str | uuid.UUID,
     dataset_name: str,
     photo_count: int,
-    photos_dir: str | os.PathLike[str],
+    photos_dir: str | os.PathLike[str] | None,
     notes: str | None,
     options: Mapping[str, Any] | None,
     simulate: Mapping[str, Any] | None,
 ) -> Call:
-    body: dict[str, Any] = {
-        "job_id": str(job_id),
-        "dataset_name": dataset_name,
-        "photo_count": photo_count,
-        "photos_dir": os.fspath(photos_dir),
-    }
+    """``POST /jobs``; ``photos_dir=None`` asks for a pre-signed upload (``upload: true``)."""
+    body: dict[str, Any] = {"job_id": str(job_id), "dataset_name": dataset_name, "photo_count": photo_count}
+    if photos_dir is None:
+        body["upload"] = True
+    else:
+        body["photos_dir"] = photos_dir if isinstance(photos_dir, str) else os.fspath(photos_dir)
     if notes is not None:
         body["notes"] = notes
     if options is not None:
@@ -69,6 +76,26 @@ def status_call(job_id: str | uuid.UUID) -> Call:
 
 def cancel_call(job_id: str | uuid.UUID) -> Call:
     return Call("POST", "/jobs/" + _quote(str(job_id)) + "/cancel", JobPublic, ok=(200, 202))
+
+
+def commit_call(job_id: str | uuid.UUID) -> Call:
+    return Call("POST", "/jobs/" + _quote(str(job_id)) + "/commit", JobPublic)
+
+
+def upload_plan(accepted: JobAccepted, files: Sequence[str | os.PathLike[str] | bytes]) -> list[tuple[UploadUrl, bytes]]:
+    """Each file's bytes with the pre-signed URL it goes to (files in order: photo_1.jpg, photo_2.jpg, ...)."""
+    if accepted.upload is None:
+        raise ReconClientError(f"job {accepted.external_job_id} has no pending upload (it was committed or submitted with photos_dir)")
+    if len(accepted.upload.urls) != len(files):
+        raise ReconClientError(f"the service expects {len(accepted.upload.urls)} photos, {len(files)} were given")
+    return [(url, f if isinstance(f, bytes) else Path(f).read_bytes()) for url, f in zip(accepted.upload.urls, files, strict=True)]
+
+
+def put_failed(url: UploadUrl, response: httpx.Response) -> ReconServiceError:
+    """A refused PUT to the object store (its answer is XML, not the service's ``{"error"}``)."""
+    status = response.status_code
+    cls = ServerError if status >= 500 else ReconServiceError
+    return cls(status, f"uploading {url.name} to the object store failed: {response.text.strip()[:300] or response.reason_phrase}")
 
 
 def list_call(limit: int, offset: int, status: str | None) -> Call:

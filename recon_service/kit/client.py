@@ -19,7 +19,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -33,6 +33,7 @@ from recon_service.contract import (
     JobPublic,
     OptionsCatalog,
     Ready,
+    UploadUrl,
 )
 from recon_service.kit import calls
 from recon_service.kit.errors import (
@@ -111,6 +112,41 @@ class ReconClient:
         ``simulate``: a scenario, honoured only by a service in simulate mode.
         """
         return self._run(calls.submit_call(job_id, dataset_name, photo_count, photos_dir, notes, options, simulate))
+
+    def submit_with_upload(
+        self,
+        job_id: str | uuid.UUID,
+        dataset_name: str,
+        files: Sequence[str | os.PathLike[str] | bytes],
+        notes: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        simulate: Mapping[str, Any] | None = None,
+    ) -> JobPublic:
+        """Submit with ``upload: true``, PUT each file (a path or bytes) to its pre-signed URL, commit; the queued job.
+
+        Safe to call again with the same ``job_id`` after a failure: the submission is idempotent,
+        the URLs are fresh, the PUTs overwrite and the commit is idempotent.
+        """
+        accepted = self._run(calls.submit_call(job_id, dataset_name, len(files), None, notes, options, simulate))
+        if accepted.upload is not None:
+            with httpx.Client(timeout=self._http.timeout) as plain:  # no bearer token: the URL carries its own signature
+                for url, data in calls.upload_plan(accepted, files):
+                    self._put(plain, url, data)
+        return self._run(calls.commit_call(job_id))
+
+    def _put(self, plain: httpx.Client, url: UploadUrl, data: bytes) -> None:
+        for attempt in self.retry_policy.retrying():
+            with attempt:
+                try:
+                    response = plain.request(url.method, url.url, content=data, headers=url.headers)
+                except httpx.HTTPError as exc:
+                    raise ServiceUnreachable(f"cannot reach the object store to upload {url.name}: {type(exc).__name__}: {exc}") from exc
+                if response.status_code >= 300:
+                    raise calls.put_failed(url, response)
+
+    def commit(self, job_id: str | uuid.UUID) -> JobPublic:
+        """``POST /jobs/{job_id}/commit``: the uploaded photos are checked and the job queued (idempotent)."""
+        return self._run(calls.commit_call(job_id))
 
     def status(self, job_id: str | uuid.UUID) -> JobPublic:
         """``GET /jobs/{job_id}``."""
@@ -191,6 +227,36 @@ class AsyncReconClient:
     ) -> JobAccepted:
         """``POST /jobs``; see :meth:`ReconClient.submit`."""
         return await self._run(calls.submit_call(job_id, dataset_name, photo_count, photos_dir, notes, options, simulate))
+
+    async def submit_with_upload(
+        self,
+        job_id: str | uuid.UUID,
+        dataset_name: str,
+        files: Sequence[str | os.PathLike[str] | bytes],
+        notes: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        simulate: Mapping[str, Any] | None = None,
+    ) -> JobPublic:
+        """See :meth:`ReconClient.submit_with_upload`."""
+        accepted = await self._run(calls.submit_call(job_id, dataset_name, len(files), None, notes, options, simulate))
+        if accepted.upload is not None:
+            async with httpx.AsyncClient(timeout=self._http.timeout) as plain:
+                for url, data in calls.upload_plan(accepted, files):
+                    await self._put(plain, url, data)
+        return await self._run(calls.commit_call(job_id))
+
+    async def _put(self, plain: httpx.AsyncClient, url: UploadUrl, data: bytes) -> None:
+        async for attempt in self.retry_policy.async_retrying():
+            with attempt:
+                try:
+                    response = await plain.request(url.method, url.url, content=data, headers=url.headers)
+                except httpx.HTTPError as exc:
+                    raise ServiceUnreachable(f"cannot reach the object store to upload {url.name}: {type(exc).__name__}: {exc}") from exc
+                if response.status_code >= 300:
+                    raise calls.put_failed(url, response)
+
+    async def commit(self, job_id: str | uuid.UUID) -> JobPublic:
+        return await self._run(calls.commit_call(job_id))
 
     async def status(self, job_id: str | uuid.UUID) -> JobPublic:
         return await self._run(calls.status_call(job_id))

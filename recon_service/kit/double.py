@@ -239,22 +239,26 @@ class ReconDouble:
         """A new folder ``photos_root/<name>`` of ``count`` valid JPEGs (``photo_1.jpg`` ...), like the backend's uploads."""
         return write_jpegs(self.photos_root / (name or uuid.uuid4().hex), count, size=size)
 
-    def payload(self, photos_dir: Path, **fields: Any) -> dict[str, Any]:
-        """A ``POST /jobs`` body for the photos in ``photos_dir``: a new ``job_id``, ``photo_count`` counted; ``fields`` override."""
+    def payload(self, photos_dir: Path | str, **fields: Any) -> dict[str, Any]:
+        """A ``POST /jobs`` body for the photos in ``photos_dir`` (a folder, or an ``s3://`` URI): a new ``job_id``,
+        ``photo_count`` counted in a folder; ``fields`` override."""
+        if isinstance(photos_dir, str) and "://" in photos_dir:
+            return {"job_id": str(uuid.uuid4()), "dataset_name": "test scan", "photo_count": 3, "photos_dir": photos_dir} | fields
+        photos_dir = Path(photos_dir)
         count = sum(1 for p in photos_dir.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES) if photos_dir.is_dir() else 3
         body = {"job_id": str(uuid.uuid4()), "dataset_name": "test scan", "photo_count": count, "photos_dir": str(photos_dir)}
         return body | fields
 
-    def submit(self, photos: int | Path | None = None, *, photo_count: int | None = None, job_id: str | None = None, **fields: Any) -> str:
+    def submit(self, photos: int | Path | str | None = None, *, photo_count: int | None = None, job_id: str | None = None, **fields: Any) -> str:
         """Submit a new job and return its id: of ``photos`` (or ``photo_count``, default 3) new JPEGs, or of
-        the photos in the folder ``photos``.
+        the photos in the folder (or ``s3://`` location) ``photos``.
 
         ``fields`` adds to or overrides the body (``notes``, ``options``, ``simulate``, ...; a
         ``photo_count`` with a folder overrides the count); anything but 202 raises with the service's error.
         """
         if photos is None:
             photos, photo_count = photo_count or 3, None
-        folder = self.make_photos(photos, job_id) if isinstance(photos, int) else Path(photos)
+        folder = self.make_photos(photos, job_id) if isinstance(photos, int) else photos
         if photo_count is not None:
             fields["photo_count"] = photo_count
         body = self.payload(folder, **fields)

@@ -113,3 +113,16 @@ def test_a_backend_project_gets_the_fixtures_from_the_installed_package(tmp_path
     report = (tmp_path / "report.xml").read_text()
     assert 'tests="3"' in report and 'failures="0"' in report and 'errors="0"' in report
     assert json.dumps("recon_double") not in result.stdout  # no "fixture 'recon_double' not found"
+
+
+def test_the_s3_double_fixture_plays_the_backends_object_storage_path(recon_double_s3, callback_recorder) -> None:
+    """A backend with no shared disk: pre-signed upload through the client, the model fetched from its pre-signed URL."""
+    from recon_service.kit import write_jpegs
+
+    photos = sorted(write_jpegs(recon_double_s3.root / "phone", 4).glob("*.jpg"))
+    job_id = str(uuid.uuid4())
+    recon_double_s3.client.submit_with_upload(job_id, "chair", photos, simulate={"stage_seconds": 0.01})
+    calls = callback_recorder.wait_for(job_id, "completed", timeout=30)
+    done = calls[-1].body
+    assert done["model_uri"] == f"s3://models/out/{job_id}/model.glb"
+    assert httpx.get(done["model_url"], timeout=10).content[:4] == b"glTF"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -41,7 +39,7 @@ def readyz(service: ServiceDep) -> Any:
     checks["pipeline"] = service.unavailable or "ok"
     if service.callbacks is not None:
         checks["callbacks"] = "ok" if service.callbacks.alive() else "the callback sender is not running"
-    checks["model_output_root"] = "ok" if _writable(s.model_output_root) else f"{s.model_output_root} is not writable (MODEL_OUTPUT_ROOT)"
+    checks["model_output_root"] = (service.storage.problem() if service.storage is not None else None) or "ok"
     ready = all(v == "ok" for v in checks.values())
     body = Ready(
         ready=ready, pipeline=s.pipeline, simulated=s.simulated, checks=checks, queued=counts.get("queued", 0),
@@ -51,7 +49,3 @@ def readyz(service: ServiceDep) -> Any:
         return body
     problems = "; ".join(f"{k}: {v}" for k, v in checks.items() if v != "ok")
     return JSONResponse({"error": f"not ready: {problems}", **body}, status_code=503)
-
-
-def _writable(path: Path) -> bool:
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -18,11 +19,23 @@ from recon_service.contract import (
     JobList,
     JobPublic,
     Redelivery,
+    UploadSpec,
+    UploadUrl,
 )
-from recon_service.jobs.records import CancelOutcome, JobRecord, JobState
+from recon_service.jobs.records import CancelOutcome, CommitOutcome, JobRecord, JobState
 from recon_service.jobs.store import Store
 from recon_service.jobs.submission import SubmissionRejected, canonical_request, validate_submission
+from recon_service.jobs.uploads import (
+    UPLOAD_CONTENT_TYPE,
+    UploadIncomplete,
+    check_upload,
+    expected_names,
+    remove_upload,
+)
 from recon_service.logs import job_log_path, read_tail
+from recon_service.storage.clients import Storage
+from recon_service.storage.s3 import StorageError
+from recon_service.storage.uri import S3Location
 
 _E = ERROR
 router = APIRouter()
@@ -34,19 +47,24 @@ MAX_OFFSET = 2**62
     "/jobs",
     status_code=202,
     response_model=JobAccepted,
+    response_model_exclude_none=True,  # {"accepted", "external_job_id", "message"} as the contract says; "upload" only with upload: true
     responses={**AUTH_ERRORS, 400: {**_E, "description": "Invalid field (named in the message)"},
                409: {**_E, "description": "job_id already used with a different payload"},
                413: {**_E, "description": "Body too large"},
                503: {**_E, "description": "This service cannot run jobs (the message says what to install)"}},
 )  # fmt: skip
 def submit_job(body: JobCreate, service: ServiceDep) -> JobAccepted:
-    """Queue a reconstruction. Idempotent on ``job_id``: the same payload again changes nothing."""
+    """Queue a reconstruction. Idempotent on ``job_id``: the same payload again changes nothing.
+
+    With ``upload: true`` the answer holds pre-signed URLs for the photos (fresh on each
+    resubmission while the job waits), and the job runs once ``POST /jobs/{job_id}/commit`` says they are up.
+    """
     existing = service.store.get(body.job_id)
     if existing is None:
         if service.unavailable is not None:
             raise ApiError(503, f"this service cannot run jobs: {service.unavailable}")
         try:
-            new = validate_submission(body, service.settings)
+            new = validate_submission(body, service.settings, _storage(service).s3)
         except SubmissionRejected as exc:
             raise ApiError(400, exc.message) from None
         existing, created = service.store.create_job(new)
@@ -54,9 +72,54 @@ def submit_job(body: JobCreate, service: ServiceDep) -> JobAccepted:
             service.executor.submit(existing.job_id)
             if service.callbacks is not None:
                 service.callbacks.wake()
-            return JobAccepted(external_job_id=existing.job_id)
-    _check_same_payload(existing, canonical_request(body, service.settings))
+    else:
+        _check_same_payload(existing, canonical_request(body, service.settings))
+    if existing.awaiting_upload:
+        return JobAccepted(external_job_id=existing.job_id, message=existing.message, upload=_upload_spec(service, existing))
     return JobAccepted(external_job_id=existing.job_id)
+
+
+def _upload_spec(service: ServiceDep, job: JobRecord) -> UploadSpec:
+    """Pre-signed PUT URLs for the job's photos, valid RECON_PRESIGN_TTL_S from now."""
+    settings, location = service.settings, S3Location.parse(job.photos_dir)
+    now = datetime.now(UTC)
+    try:
+        urls = [
+            UploadUrl(name=name, method="PUT", url=_storage(service).s3().presign_put(location.bucket, location.child(name).key,
+                      settings.presign_ttl_s, UPLOAD_CONTENT_TYPE), headers={"Content-Type": UPLOAD_CONTENT_TYPE})
+            for name in expected_names(job.photo_count)
+        ]  # fmt: skip
+    except StorageError as exc:
+        raise ApiError(503, f"cannot make upload URLs: {exc.message}") from None
+    commit_by = datetime.fromtimestamp(job.upload_expires_at or 0, tz=UTC)
+    return UploadSpec(urls=urls, expires_at=now + timedelta(seconds=settings.presign_ttl_s), commit_by=commit_by, commit_url=f"/jobs/{job.job_id}/commit")
+
+
+@router.post(
+    "/jobs/{job_id}/commit",
+    response_model=JobPublic,
+    responses={**AUTH_ERRORS, 400: {**_E, "description": "Photos missing, too large or not images (named)"}, 404: _E,
+               409: {**_E, "description": "Not an upload job, or it failed (expired, cancelled) before the commit"}},
+)  # fmt: skip
+def commit_upload(job_id: str, service: ServiceDep) -> JobPublic:
+    """The photos of an ``upload: true`` job are up: check them and queue the job. Committing again changes nothing."""
+    record = _find(service.store, job_id)
+    if record.awaiting_upload:
+        try:
+            check_upload(_storage(service), record)
+        except UploadIncomplete as exc:
+            raise ApiError(400, str(exc)) from None
+    outcome, record = service.store.commit_upload(record.job_id)
+    if outcome is CommitOutcome.NOT_AN_UPLOAD:
+        raise ApiError(409, f"job {record.job_id} was submitted with photos_dir, not upload: true; there is nothing to commit")  # type: ignore[union-attr]
+    if outcome is CommitOutcome.FINISHED:
+        raise ApiError(409, f"job {record.job_id} already {record.status} ({record.message}); submit the photos again with a new job_id")  # type: ignore[union-attr]
+    assert record is not None
+    if outcome is CommitOutcome.COMMITTED:
+        service.executor.submit(record.job_id)
+        if service.callbacks is not None:
+            service.callbacks.wake()
+    return job_public(record)
 
 
 @router.get("/jobs", response_model=JobList, responses={**AUTH_ERRORS, 400: _E})
@@ -79,7 +142,15 @@ def get_job(job_id: str, service: ServiceDep) -> JobPublic:
     log_tail = read_tail(job_log_path(service.settings.data_dir, record.job_id)) if record.state is JobState.FAILED else None
     disk_bytes = service.disk.of(record.job_id, record.updated_at) if service.disk is not None else None
     callbacks = CallbackCounts(**service.store.callback_counts(record.job_id)) if service.callbacks is not None else None
-    return job_public(record).model_copy(update={"disk_bytes": disk_bytes, "log_tail": log_tail, "callbacks": callbacks})
+    update: dict[str, Any] = {"disk_bytes": disk_bytes, "log_tail": log_tail, "callbacks": callbacks}
+    if record.model_uri is not None and record.model_uri.startswith("s3://"):
+        outputs = _storage(service).outputs
+        try:
+            update["model_url"], update["artifact_urls"] = outputs.links(record.model_uri, record.artifacts)
+        except StorageError as exc:  # the store is down: the job is still there, only its links are not
+            update["message"] = f"{record.message} (download links unavailable: {exc.message})"
+        update["stored_bytes"] = outputs.stored_bytes(record.job_id)
+    return job_public(record).model_copy(update=update)
 
 
 @router.post(
@@ -98,6 +169,8 @@ def cancel_job(job_id: str, service: ServiceDep, response: Response) -> JobPubli
     if outcome is CancelOutcome.STOPPING:
         service.executor.cancel(record.job_id)
         response.status_code = 202
+    if outcome is CancelOutcome.CANCELLED:
+        remove_upload(_storage(service), record)  # photos uploaded for a job that will never run
     if service.callbacks is not None:
         service.callbacks.wake()
     return job_public(record)
@@ -116,6 +189,11 @@ def redeliver_callbacks(job_id: str, service: ServiceDep) -> Redelivery:
     count = service.store.redeliver(record.job_id)
     service.callbacks.wake()
     return Redelivery(job_id=record.job_id, redelivered=count, callbacks=CallbackCounts(**service.store.callback_counts(record.job_id)))
+
+
+def _storage(service: ServiceDep) -> Storage:
+    assert service.storage is not None, "create_app always sets the storage"
+    return service.storage
 
 
 def _canonical_id(job_id: str) -> str:
