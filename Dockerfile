@@ -7,10 +7,11 @@
 # Two stages: the first builds the wheel and installs it with the reconstruction stack, at the
 # locked versions (requirements.lock), into /opt/venv; the final one copies only that venv: no
 # compilers, no dev dependencies, no source tree, no editable install. Build args:
-#   EXTRAS=pipeline,s3   (default) the real pipeline and object storage; EXTRAS=s3 the contract double only.
+#   EXTRAS=pipeline,s3,celery   (default) the real pipeline, object storage and Celery workers (recon-worker);
+#   EXTRAS=s3 the contract double only. docker-compose.yml runs it as an API node, Redis and two workers.
 
 FROM python:3.11-slim AS build
-ARG EXTRAS=pipeline,s3
+ARG EXTRAS=pipeline,s3,celery
 WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY recon_service ./recon_service
@@ -31,8 +32,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 
 RUN useradd --create-home --uid 10001 recon \
-    && mkdir -p /app/data/models /app/data/uploads \
-    && chown -R recon:recon /app/data
+    && mkdir -p /app/data/models /app/data/uploads /srv/recon/models /srv/recon/uploads \
+    && chown -R recon:recon /app/data /srv/recon
 USER recon
 WORKDIR /app
 

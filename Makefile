@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench reliability lint openapi lock clean
+.PHONY: install run worker test test-fast bench bench-scale reliability lint openapi lock clean
 
 $(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 	./scripts/bootstrap.sh
@@ -14,6 +14,9 @@ install: $(STAMP)  ## create .venv and install everything (system libs via apt-g
 run: $(STAMP)  ## start the service on 127.0.0.1:9000 with its embedded defaults
 	$(VENV)/bin/recon-service
 
+worker: $(STAMP)  ## a Celery worker host: runs jobs from RECON_BROKER_URL (see README, Scaling out)
+	$(VENV)/bin/recon-worker
+
 test: $(STAMP)  ## the whole test suite (includes one real end-to-end reconstruction)
 	$(PY) -m pytest
 
@@ -22,6 +25,9 @@ test-fast: $(STAMP)  ## everything but the real-pipeline end-to-end tests
 
 bench: $(STAMP)  ## pipeline benchmark → bench/results.md and bench/results.json
 	$(PY) -m bench.pipeline_bench
+
+bench-scale: $(STAMP)  ## throughput with 1, 2 and 4 Celery workers, preview-queue delay → bench/scale.md
+	$(PY) -m bench.scale
 
 reliability: $(STAMP)  ## faults, hostile input and load → bench/reliability.md
 	$(PY) -m bench.reliability

@@ -160,6 +160,7 @@ class JobPublic(BaseModel):
     dataset_name: str
     photo_count: int
     attempts: int = Field(description="How many times a worker started this job (service restarts re-run it).")
+    worker: str | None = Field(None, description="host:pid (or Celery node:pid) of the worker process that runs or ran the current attempt.")
     options: dict[str, Any] = Field(description="The resolved options the job runs with (preset plus every key).")
     simulated: bool = Field(description="True when the job ran through the simulate pipeline, not a real reconstruction.")
     model_url: str | None = Field(
@@ -222,6 +223,23 @@ class Ready(BaseModel):
     running: int
     max_workers: int
     pending_callbacks: int
+
+
+class WorkerInfo(BaseModel):
+    """One worker slot (a process that runs one job at a time)."""
+
+    worker: str = Field(description="host:pid, or Celery node:pid.")
+    queues: list[str] = Field(description="Queues it takes jobs from (local: the embedded executor).")
+    job_id: str | None = Field(description="The job it runs now; null when idle.")
+    attempt: int | None
+    running_s: float | None = Field(description="Seconds the current job has run on it.")
+
+
+class WorkerList(BaseModel):
+    """``GET /workers`` (admin): worker slots online now, and how many jobs wait per queue."""
+
+    workers: list[WorkerInfo]
+    queue_depths: dict[str, int]
 
 
 class OptionInfo(BaseModel):

@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     max_photo_bytes: int = Field(
         100_000_000, ge=100_000, description="Largest photo file or object (bytes), whatever a job's options say (caps option ingest.max_photo_bytes)."
     )
+    executor: Literal["local", "celery"] = Field(
+        "local", description="Who runs jobs: 'local' worker processes on this host, or 'celery' workers on any host (recon-worker) through RECON_BROKER_URL."
+    )
+    broker_url: str | None = Field(
+        None, description="Redis URL of the Celery broker and worker events (redis://host:6379/0); needed with RECON_EXECUTOR=celery and by recon-worker."
+    )
+    worker_queues: str = Field(
+        "preview,default", description="recon-worker: the queues it takes jobs from, comma-separated (preview jobs go to 'preview', the rest to 'default')."
+    )
+    worker_lease_s: float = Field(
+        10.0, ge=2, le=600, description="A Celery worker that has not renewed its job's lease for this long is lost: the job runs again elsewhere."
+    )
     retention_models: bool = Field(False, description="With RECON_RETENTION_S: remove finished jobs' whole output folder (model.glb too), not only work/.")
 
     @field_validator("model_output_root", mode="before")
@@ -128,6 +140,12 @@ class Settings(BaseSettings):
             )
         if self.callback_retry_initial_s > self.callback_retry_max_s:
             raise ValueError("RECON_CALLBACK_RETRY_INITIAL_S must not exceed RECON_CALLBACK_RETRY_MAX_S")
+        if self.executor == "celery" and not self.broker_url:
+            raise ValueError("RECON_EXECUTOR=celery needs RECON_BROKER_URL (e.g. redis://redis:6379/0)")
+        if self.broker_url is not None and urlsplit(self.broker_url).scheme not in ("redis", "rediss"):
+            raise ValueError(f"RECON_BROKER_URL: must be a redis:// or rediss:// URL, not {self.broker_url!r}")
+        if self.broker_url is not None and (importlib.util.find_spec("celery") is None or importlib.util.find_spec("redis") is None):
+            raise ValueError("RECON_BROKER_URL: Celery and redis are not installed: pip install 'recon-service[celery]'")
         if (self.output_s3 or self.upload_root) and importlib.util.find_spec("boto3") is None:
             raise ValueError(
                 "MODEL_OUTPUT_ROOT / RECON_UPLOAD_ROOT on S3 need boto3, which is not installed: pip install 'recon-service[s3]'"
@@ -177,7 +195,7 @@ class Settings(BaseSettings):
         root = self.local_output_root
         return root / ATTEMPTS_DIR if root is not None else self.scratch_root / "attempts"
 
-    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+    def attempt_dir(self, job_id: str, attempt: int | str) -> Path:
         """Where attempt ``attempt`` of the job writes while it runs: no other attempt (a stale one that
         has not noticed yet) can ever touch it. It becomes ``job_output_dir`` only when it succeeded."""
         return self.attempts_root / f"{job_id}.{attempt}"

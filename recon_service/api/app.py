@@ -22,14 +22,14 @@ from recon_service.api.auth import BearerAuthMiddleware
 from recon_service.api.deps import Service
 from recon_service.api.errors import BodyLimitMiddleware, install_error_handlers
 from recon_service.api.openapi import contract_openapi
-from recon_service.api.routes import health, jobs, metrics, options
+from recon_service.api.routes import health, jobs, metrics, options, workers
 from recon_service.jobs.executor import Executor
 from recon_service.jobs.local import LocalProcessExecutor
 from recon_service.jobs.messages import GIVE_UP_MESSAGE, MAX_ATTEMPTS
 from recon_service.jobs.metrics import ServiceMetrics
 from recon_service.jobs.outbox import CallbackDispatcher
 from recon_service.jobs.retention import DiskUsage, RetentionSweeper
-from recon_service.jobs.store import open_store
+from recon_service.jobs.store import Store, open_store
 from recon_service.jobs.uploads import UploadExpiry
 from recon_service.settings import Settings
 from recon_service.storage.clients import Storage
@@ -55,7 +55,7 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
         logger.warning("RECON_PHOTOS_ROOT=%s does not exist; every submission will be refused until it does", settings.photos_root)
     store = open_store(settings)
     storage = Storage(settings)
-    executor = executor or LocalProcessExecutor(settings, store)
+    executor = executor or _executor(settings, store)
     service_metrics = ServiceMetrics(settings, store, executor)
     disk = DiskUsage(settings)
     service = Service(
@@ -73,7 +73,8 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         lock = _lock_data_dir(settings.data_dir)
-        requeued = store.recover(max_attempts=MAX_ATTEMPTS, give_up_message=GIVE_UP_MESSAGE)
+        # Local workers died with the last server: their jobs run again. Celery workers run on: their leases decide.
+        requeued = store.recover(max_attempts=MAX_ATTEMPTS, give_up_message=GIVE_UP_MESSAGE) if settings.executor == "local" else []
         if requeued:
             logger.info("re-queued %d job(s) interrupted by the last shutdown: %s", len(requeued), ", ".join(requeued))
         logs.set_job_lookup(store.job_info)
@@ -111,13 +112,22 @@ def create_app(settings: Settings, *, executor: Executor | None = None) -> FastA
     )
     app.state.service = service
     app.state.metrics = service_metrics
-    for routes in (jobs, options, health, metrics):
+    for routes in (jobs, workers, options, health, metrics):
         app.include_router(routes.router)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, token=settings.service_token.get_secret_value())  # outermost: first
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _executor(settings: Settings, store: Store) -> Executor:
+    """Local worker processes (the embedded default) or Celery workers anywhere (RECON_EXECUTOR=celery)."""
+    if settings.executor == "celery":
+        from recon_service.jobs.celery_executor import CeleryExecutor
+
+        return CeleryExecutor(settings, store)
+    return LocalProcessExecutor(settings, store)
 
 
 def _pipeline_problem(settings: Settings, executor: Executor) -> str | None:

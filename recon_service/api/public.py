@@ -26,6 +26,7 @@ def job_public(rec: JobRecord) -> JobPublic:
         dataset_name=rec.dataset_name,
         photo_count=rec.photo_count,
         attempts=rec.attempts,
+        worker=rec.worker,
         options=rec.options,
         simulated=rec.simulate is not None,
     )

@@ -7,11 +7,11 @@ stops them on cancel, timeout and shutdown.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Executor(Protocol):
-    """Runs queued jobs: the six calls the service makes; a distributed engine implements the same ones (see README)."""
+    """Runs queued jobs: the calls the service makes; a distributed engine implements the same ones (see README)."""
 
     def start(self) -> None:
         """Begin running queued jobs (called once the store has recovered after a restart)."""
@@ -25,8 +25,14 @@ class Executor(Protocol):
     def running(self) -> list[str]:
         """Ids of the jobs whose workers are running now."""
 
-    def alive(self) -> bool:
-        """Whether the executor can still start and supervise jobs (for ``/readyz``)."""
+    def problem(self) -> str | None:
+        """Why the executor cannot start or supervise jobs now, or ``None`` (for ``/readyz``)."""
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Worker slots online: ``{worker, queues, job_id, attempt, running_s}`` each (for ``GET /workers``)."""
+
+    def queue_depths(self) -> dict[str, int]:
+        """Jobs waiting for a worker, per queue (for ``/metrics``)."""
 
     def shutdown(self) -> None:
         """Stop every worker; their jobs are queued again and re-run at the next start."""

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,8 +73,21 @@ class LocalProcessExecutor:
         with self._lock:
             return list(self._workers)
 
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping.is_set()
+    def problem(self) -> str | None:
+        return None if self._thread.is_alive() and not self._stopping.is_set() else "the job scheduler is not running"
+
+    def workers(self) -> list[dict[str, Any]]:
+        """One entry per worker slot: this host's processes, and the job each runs (``None`` when idle)."""
+        with self._lock:
+            busy = [{"worker": f"{socket.gethostname()}:{w.process.pid}", "queues": ["local"], "job_id": w.job_id, "attempt": w.attempt,
+                     "running_s": round(time.monotonic() - w.started, 1)} for w in self._workers.values()]  # fmt: skip
+        idle = [{"worker": f"{socket.gethostname()}:slot-{i + 1}", "queues": ["local"], "job_id": None, "attempt": None, "running_s": None}
+                for i in range(len(busy), self._settings.max_workers)]  # fmt: skip
+        return busy + idle
+
+    def queue_depths(self) -> dict[str, int]:
+        """Jobs waiting for a worker, per queue (one local queue: the store's)."""
+        return {"local": len(self._store.dispatchable())}
 
     def shutdown(self) -> None:
         self._stopping.set()
@@ -171,6 +185,7 @@ class LocalProcessExecutor:
                 continue
             with self._lock:
                 self._workers[job.job_id] = _Worker(job.job_id, job.attempts, process)
+            self._store.set_worker(job.job_id, job.attempts, f"{socket.gethostname()}:{process.pid}")
             logger.info("job=%s attempt=%d started in worker pid=%s", job.job_id, job.attempts, process.pid, extra=about(job.job_id))
 
 

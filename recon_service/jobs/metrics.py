@@ -12,8 +12,9 @@ Prometheus scrape config sends it with ``authorization: {type: Bearer, credentia
 Metrics (all prefixed ``recon_``)::
 
     jobs{status}                          gauge      jobs in the store per contract status
-    queue_depth                           gauge      jobs waiting for a worker
-    running_workers / max_workers         gauge      worker processes running now / allowed
+    queue_depth{queue}                    gauge      jobs waiting for a worker, per queue
+    workers_online                        gauge      worker slots online (local: RECON_MAX_WORKERS; Celery: every worker process)
+    running_workers / max_workers         gauge      worker slots running a job now / allowed on this node
     callbacks_pending                     gauge      callbacks in the outbox not yet delivered
     callbacks_dead                        gauge      callbacks given up, kept as dead letters
     stage_duration_seconds{stage,outcome} histogram  wall time of each pipeline stage run (outcome:
@@ -89,8 +90,13 @@ class _StoreCollector(Collector):
         for status, count in self._store.count_by_status().items():
             jobs.add_metric([status], count)
         yield jobs
-        yield GaugeMetricFamily("recon_queue_depth", "Jobs waiting for a worker.", value=self._store.count_by_state()["queued"])
-        yield GaugeMetricFamily("recon_running_workers", "Worker processes running a job now.", value=len(self._executor.running()))
+        depth = GaugeMetricFamily("recon_queue_depth", "Jobs waiting for a worker, per queue.", labels=["queue"])
+        for queue, count in sorted(self._executor.queue_depths().items()):
+            depth.add_metric([queue], count)
+        yield depth
+        workers = self._executor.workers()
+        yield GaugeMetricFamily("recon_workers_online", "Worker slots online (a process each, one job at a time).", value=len(workers))
+        yield GaugeMetricFamily("recon_running_workers", "Worker slots running a job now.", value=sum(1 for w in workers if w["job_id"]))
         yield GaugeMetricFamily("recon_max_workers", "Worker processes allowed at once (RECON_MAX_WORKERS).", value=self._settings.max_workers)
         yield GaugeMetricFamily("recon_callbacks_pending", "Callbacks in the outbox not yet delivered.", value=self._store.pending_callback_count())
         yield GaugeMetricFamily(

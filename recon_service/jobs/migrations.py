@@ -142,12 +142,19 @@ def _v5(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN upload_committed_at REAL")
 
 
+def _v6(conn: sqlite3.Connection) -> None:
+    """Jobs run by distributed workers: the token of the current dispatch (a fence), and who runs the attempt."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN dispatch_token TEXT")  # Celery: the task that may run the job now
+    conn.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")  # host:pid (or node:pid) of the attempt that runs or ran it
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and the callback outbox", _v1),
     Migration(2, "stage_runs: one row per pipeline stage of each attempt", _v2),
     Migration(3, "model_uri and artifact URIs instead of paths", _v3),
     Migration(4, "callbacks given up are dead letters (state 'dead')", _v4),
     Migration(5, "pre-signed uploads: upload_expires_at, upload_committed_at", _v5),
+    Migration(6, "distributed workers: dispatch_token, worker", _v6),
 )
 LATEST = MIGRATIONS[-1].version
 

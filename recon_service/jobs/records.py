@@ -106,6 +106,8 @@ class JobRecord:
     last_progress_cb_at: float | None
     upload_expires_at: float | None = None
     upload_committed_at: float | None = None
+    dispatch_token: str | None = None
+    worker: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
@@ -149,6 +151,7 @@ class Callback:
 JOB_COLUMNS = (
     "state", "status", "stage", "progress", "message", "eta_seconds", "model_uri", "artifacts", "cancel_requested",
     "cancel_reason", "cancelled", "attempts", "updated_at", "started_at", "finished_at", "last_progress_cb_at", "upload_committed_at",
+    "dispatch_token", "worker",
 )  # fmt: skip
 """The columns a job's changes may touch (the rest is fixed at submission)."""
 

@@ -182,10 +182,12 @@ class Store:
         row = conn.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return JobRecord.from_row(row) if row else None
 
-    def _owned(self, conn: sqlite3.Connection, job_id: str, attempt: int) -> JobRecord | None:
-        """The job if it is still running this attempt (the fence for worker writes)."""
+    def _owned(self, conn: sqlite3.Connection, job_id: str, attempt: int, token: str | None = None) -> JobRecord | None:
+        """The job if it is still running this attempt (of this dispatch, when ``token`` is given): the fence for worker writes."""
         job = self._get(conn, job_id)
         if job is None or job.state is not JobState.RUNNING or job.attempts != attempt:
+            return None
+        if token is not None and job.dispatch_token != token:
             return None
         return job
 
@@ -266,6 +268,39 @@ class Store:
                 conn, job, state=JobState.RUNNING, attempts=job.attempts + 1, started_at=time.time(), eta_seconds=None, stage=None
             )
 
+    # -- distributed execution (the Celery executor): dispatch, start, lease loss --------------------------
+    def dispatchable(self, limit: int = 1000) -> list[JobRecord]:
+        """Queued jobs a worker may take (not waiting for an upload's commit), oldest first."""
+        rows = self._conn().execute(f"SELECT * FROM jobs WHERE {_RUNNABLE} ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+    def dispatch(self, job_id: str, token: str) -> JobRecord | None:
+        """The queued job is handed to the broker under ``token``: only a task with this token may start it."""
+        with self._write() as conn:
+            job = self._get(conn, job_id)
+            if job is None or job.state is not JobState.QUEUED or job.awaiting_upload:
+                return None
+            return self._save(conn, job, dispatch_token=token)
+
+    def start_dispatched(self, job_id: str, token: str, attempt: int, worker: str) -> JobRecord | None:
+        """A worker starts the task ``token`` as attempt ``attempt``: queued → running, or ``None`` when that task is stale."""
+        with self._write() as conn:
+            job = self._get(conn, job_id)
+            if job is None or job.state is not JobState.QUEUED or job.dispatch_token != token or job.attempts + 1 != attempt:
+                return None
+            return self._save(conn, job, state=JobState.RUNNING, attempts=attempt, started_at=time.time(), eta_seconds=None, stage=None, worker=worker)
+
+    def running(self) -> list[JobRecord]:
+        """Jobs a worker runs now (for watching their leases)."""
+        return [JobRecord.from_row(r) for r in self._conn().execute("SELECT * FROM jobs WHERE state='running' ORDER BY seq").fetchall()]
+
+    def set_worker(self, job_id: str, attempt: int, worker: str) -> None:
+        """Which process runs the attempt (the local executor knows it when it starts the process)."""
+        with self._write() as conn:
+            job = self._owned(conn, job_id, attempt)
+            if job is not None:
+                self._save(conn, job, worker=worker)
+
     def commit_upload(self, job_id: str) -> tuple[CommitOutcome, JobRecord | None]:
         """The photos of a pre-signed upload are up (checked by the caller): the job may run now."""
         with self._write() as conn:
@@ -294,11 +329,12 @@ class Store:
         return expired
 
     def record_progress(
-        self, job_id: str, attempt: int, *, stage: str, phase: str, progress: float, eta_seconds: float | None, message: str
+        self, job_id: str, attempt: int, *, stage: str, phase: str, progress: float, eta_seconds: float | None, message: str,
+        token: str | None = None,
     ) -> bool:
         """Store a worker's progress; ``False`` if this attempt no longer owns the job."""
         with self._write() as conn:
-            job = self._owned(conn, job_id, attempt)
+            job = self._owned(conn, job_id, attempt, token)
             if job is None:
                 return False
             self._save(
@@ -306,18 +342,18 @@ class Store:
             )
             return True
 
-    def complete(self, job_id: str, attempt: int, *, model_uri: str, artifacts: dict[str, str], message: str) -> bool:
+    def complete(self, job_id: str, attempt: int, *, model_uri: str, artifacts: dict[str, str], message: str, token: str | None = None) -> bool:
         """The attempt published its model: ``model_uri`` and ``artifacts`` (name → URI)."""
         with self._write() as conn:
-            job = self._owned(conn, job_id, attempt)
+            job = self._owned(conn, job_id, attempt, token)
             if job is None:
                 return False
             self._save(conn, job, state=JobState.COMPLETED, model_uri=model_uri, artifacts=artifacts, message=message)
             return True
 
-    def fail(self, job_id: str, attempt: int, *, message: str, cancelled: bool = False) -> bool:
+    def fail(self, job_id: str, attempt: int, *, message: str, cancelled: bool = False, token: str | None = None) -> bool:
         with self._write() as conn:
-            job = self._owned(conn, job_id, attempt)
+            job = self._owned(conn, job_id, attempt, token)
             if job is None:
                 return False
             self._save(conn, job, state=JobState.FAILED, message=message, cancelled=cancelled)

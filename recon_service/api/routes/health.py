@@ -35,7 +35,7 @@ def readyz(service: ServiceDep) -> Any:
         checks["store"] = "ok"
     except Exception as exc:  # reported, not raised: this endpoint's job is to say what is wrong
         checks["store"] = f"unavailable: {exc}"
-    checks["workers"] = "ok" if service.executor.alive() else "the job scheduler is not running"
+    checks["workers"] = service.executor.problem() or "ok"
     checks["pipeline"] = service.unavailable or "ok"
     if service.callbacks is not None:
         checks["callbacks"] = "ok" if service.callbacks.alive() else "the callback sender is not running"

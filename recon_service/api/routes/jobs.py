@@ -170,6 +170,7 @@ def cancel_job(job_id: str, service: ServiceDep, response: Response) -> JobPubli
         service.executor.cancel(record.job_id)
         response.status_code = 202
     if outcome is CancelOutcome.CANCELLED:
+        service.executor.cancel(record.job_id)  # a task already handed to a broker must not start it
         remove_upload(_storage(service), record)  # photos uploaded for a job that will never run
     if service.callbacks is not None:
         service.callbacks.wake()
