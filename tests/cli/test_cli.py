@@ -159,6 +159,8 @@ def test_ctrl_c_or_sigterm_during_a_run_stops_it_cleanly_with_exit_130(tmp_path:
         text=True,
         cwd=REPO,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # As in a terminal: a shell's background job (how a CI may run this) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     while not proc.stderr.readline().startswith("["):  # wait for the first progress line
