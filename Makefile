@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test test-fast bench bench-scale reliability lint openapi lock clean
+.PHONY: install run worker test test-fast bench bench-scale bench-deliverables reliability lint openapi lock clean
 
 $(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 	./scripts/bootstrap.sh
@@ -28,6 +28,9 @@ bench: $(STAMP)  ## pipeline benchmark → bench/results.md and bench/results.js
 
 bench-scale: $(STAMP)  ## throughput with 1, 2 and 4 Celery workers, preview-queue delay → bench/scale.md
 	$(PY) -m bench.scale
+
+bench-deliverables: $(STAMP)  ## bytes, triangles, texture and seconds of model.glb, model_mobile.glb, model.usdz → its section of bench/results.md
+	$(PY) -m bench.deliverables
 
 reliability: $(STAMP)  ## faults, hostile input and load → bench/reliability.md
 	$(PY) -m bench.reliability

@@ -90,3 +90,55 @@ def quaternion_from_matrix(rotation: np.ndarray) -> tuple[float, float, float, f
         q = ((r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s)
     w, x, y, z = (float(v) for v in np.asarray(q) / np.linalg.norm(q))
     return (w, x, y, z) if w >= 0 else (-w, -x, -y, -z)
+
+
+def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (s, R, t) with dst ~ s * R @ src + t, for (N, 3) arrays, N >= 3."""
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    xs, xd = src - mu_s, dst - mu_d
+    cov = xd.T @ xs / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    e = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[2, 2] = -1
+    r = u @ e @ vt
+    var_s = (xs**2).sum() / len(src)
+    s = float(np.trace(np.diag(d) @ e) / var_s) if var_s > 0 else 1.0
+    return s, r, mu_d - s * r @ mu_s
+
+
+def robust_similarity(src: np.ndarray, dst: np.ndarray, threshold: float, iterations: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """4x4 similarity dst_from_src fitted by RANSAC on 3-point samples, refined on the inliers.
+
+    ``threshold`` is the inlier distance in ``dst`` units. Returns the matrix and the inlier mask.
+    """
+    n = len(src)
+    rng = np.random.default_rng(seed)
+    best = np.ones(n, dtype=bool)
+    if n > 3:
+        best_count = -1
+        for _ in range(iterations):
+            idx = rng.choice(n, 3, replace=False)
+            s, r, t = umeyama(src[idx], dst[idx])
+            inliers = np.linalg.norm(s * src @ r.T + t - dst, axis=1) < threshold
+            if inliers.sum() > best_count:
+                best, best_count = inliers, int(inliers.sum())
+        if best_count < 3:
+            best = np.ones(n, dtype=bool)
+    for _ in range(2):  # refit on the inliers, then re-select them with the refined model
+        s, r, t = umeyama(src[best], dst[best])
+        refined = np.linalg.norm(s * src @ r.T + t - dst, axis=1) < threshold
+        if refined.sum() >= 3:
+            best = refined
+    s, r, t = umeyama(src[best], dst[best])
+    m = np.eye(4)
+    m[:3, :3], m[:3, 3] = s * r, t
+    return m, best
+
+
+def ecef_from_geodetic(lat_lon_alt: np.ndarray) -> np.ndarray:
+    """WGS84 latitude/longitude (degrees) and altitude (m), (N, 3), to Earth-centred Cartesian metres (N, 3)."""
+    a, e2 = 6378137.0, 6.69437999014e-3
+    lat, lon, alt = np.radians(lat_lon_alt[:, 0]), np.radians(lat_lon_alt[:, 1]), lat_lon_alt[:, 2]
+    n = a / np.sqrt(1 - e2 * np.sin(lat) ** 2)
+    return np.stack([(n + alt) * np.cos(lat) * np.cos(lon), (n + alt) * np.cos(lat) * np.sin(lon), (n * (1 - e2) + alt) * np.sin(lat)], axis=1)

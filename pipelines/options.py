@@ -88,6 +88,16 @@ class TextureOptions:
 
 
 @dataclass(frozen=True)
+class ExportOptions:
+    """What the app receives: the full GLB, a mobile level of detail and USDZ, at real-world scale."""
+
+    mobile_max_faces: int = opt(100_000, "Most triangles of model_mobile.glb and model.usdz (Apple's guidance for AR assets: about 100 000).", min=1000, max=1_000_000)
+    mobile_texture_size: int = opt(2048, "Side of the mobile level's texture (px), baked again for the simplified surface; at most texture.texture_size is used.", min=256, max=16384)
+    usdz: bool = opt(True, "Also write model.usdz (AR Quick Look, RealityKit) from the mobile level.")
+    real_size_m: float = opt(0.0, "The object's longest side in metres (the request's real_size_m); 0: metric scale from GPS EXIF where the photos have it, else normalised.", min=0.0, max=100_000.0)
+
+
+@dataclass(frozen=True)
 class ReconOptions:
     """All options of one reconstruction run."""
 
@@ -97,9 +107,10 @@ class ReconOptions:
     dense: DenseOptions = field(default_factory=DenseOptions)
     mesh: MeshOptions = field(default_factory=MeshOptions)
     texture: TextureOptions = field(default_factory=TextureOptions)
+    export: ExportOptions = field(default_factory=ExportOptions)
 
 
-STAGE_OPTION_GROUPS: tuple[str, ...] = ("ingest", "sfm", "dense", "mesh", "texture")
+STAGE_OPTION_GROUPS: tuple[str, ...] = ("ingest", "sfm", "dense", "mesh", "texture", "export")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Fast look at the result: small images, coarse mesh, small texture.

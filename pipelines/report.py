@@ -22,7 +22,7 @@ from typing import Any
 from pipelines.files import write_text_atomic
 from pipelines.options import ReconOptions, options_to_dict
 
-SOFTWARE = ("recon-service", "pycolmap", "open3d-cpu", "open3d", "trimesh", "numpy", "opencv-python-headless")
+SOFTWARE = ("recon-service", "pycolmap", "open3d-cpu", "open3d", "trimesh", "numpy", "opencv-python-headless", "usd-core", "fast-simplification")
 
 
 def peak_rss_mb() -> float:

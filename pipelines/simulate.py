@@ -4,7 +4,10 @@ Used by the service when ``RECON_PIPELINE=simulate`` (the backend's CI contract 
 the same stages with the same :class:`~pipelines.run.ProgressTracker`, so status, progress and
 ETA behave like a real run, but does no photogrammetry: it writes a textured box whose faces show
 one of the input photos, a tiny COLMAP text model, a point cloud and a report, all marked
-``"simulated": true``. A :class:`SimulateScenario` makes it fail, stall or slow down on purpose.
+``"simulated": true``. It delivers the real run's file set -- ``model.glb``, ``model_mobile.glb``,
+``model.usdz`` (a 1 m cube showing the photo, packaged from the committed layer
+``assets/simulate_box.usdc``: valid for OpenUSD and ARKit, no usd-core needed) -- so a backend's CI
+sees the real shape. A :class:`SimulateScenario` makes it fail, stall or slow down on purpose.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ DEFAULT_TOTAL_SECONDS = 1.2
 """Simulated work of a default job (seconds), split over the stages by their weights."""
 TEXTURE_SIDE = 512
 """Longest side of the texture taken from the first readable photo (px)."""
+MOBILE_TEXTURE_SIDE = 256
+"""Longest side of the mobile level's texture (px): smaller, as in a real run."""
+USDZ_LAYER = Path(__file__).resolve().parent / "assets" / "simulate_box.usdc"
+USDZ_ALIGNMENT = 64
+"""ARKit reads a USDZ package in place: every file's data starts at a multiple of 64 bytes."""
 
 
 @dataclass(frozen=True)
@@ -140,11 +148,14 @@ def reconstruct(
         "options": options_to_dict(options),
         "photos": {"found": len(state["photos"]), "texture_from": state["texture_from"]},
         "model": {"vertices": 24, "faces": 12, "texture_px": list(state["texture"].size)},
+        "scale": {"source": "normalised", "metres_per_unit": 1.0, "metric": False, "detail": "simulated: a 1 m box"},
         "timings_s": timings,
     }
     report_path = write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     artifacts = {
         "model.glb": out_dir / "model.glb",
+        "model_mobile.glb": out_dir / "model_mobile.glb",
+        **({"model.usdz": out_dir / "model.usdz"} if options.export.usdz else {}),
         "sparse": out_dir / "sparse",
         "points.ply": out_dir / "points.ply",
         "preview.png": out_dir / "preview.png",
@@ -247,16 +258,39 @@ def _noop(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[st
 
 
 def _export(photos_dir: Path, out_dir: Path, options: ReconOptions, state: dict[str, Any]) -> None:
-    """``model.glb`` (glTF, Y up, metres) and ``preview.png``, each written to a temp name and renamed."""
-    mesh = _textured_box(state["texture"])
-    if state["texture_fallback"]:  # what a failed bake leaves: the same surface, with vertex colours
-        mesh.visual = mesh.visual.to_color()
-    with atomic_path(out_dir / "model.glb") as tmp:
-        mesh.export(tmp, file_type="glb")
+    """``model.glb``, ``model_mobile.glb`` (glTF, Y up, metres), ``model.usdz`` and ``preview.png``, each written to a temp name and renamed."""
+    small = state["texture"].copy()
+    small.thumbnail((MOBILE_TEXTURE_SIDE, MOBILE_TEXTURE_SIDE))
+    for name, texture in (("model.glb", state["texture"]), ("model_mobile.glb", small)):
+        mesh = _textured_box(texture)
+        if state["texture_fallback"]:  # what a failed bake leaves: the same surface, with vertex colours
+            mesh.visual = mesh.visual.to_color()
+        with atomic_path(out_dir / name) as tmp:
+            mesh.export(tmp, file_type="glb")
+    if options.export.usdz:
+        _write_usdz(out_dir / "model.usdz", small)
     preview = state["texture"].copy()
     preview.thumbnail((256, 256))
     with atomic_path(out_dir / "preview.png") as tmp:
         preview.save(tmp, format="PNG")
+
+
+def _write_usdz(path: Path, texture: Any) -> None:
+    """A USDZ package: the committed cube layer and the photo as ``texture.jpg``, stored, 64-byte aligned."""
+    import io
+    import zipfile
+
+    jpeg = io.BytesIO()
+    texture.convert("RGB").save(jpeg, format="JPEG", quality=85)
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as package:
+        for name, data in (("model.usdc", USDZ_LAYER.read_bytes()), ("texture.jpg", jpeg.getvalue())):
+            info = zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0))
+            start = package.fp.tell() + 30 + len(name)  # the local header is 30 bytes, then the name  # type: ignore[union-attr]
+            pad = -start % USDZ_ALIGNMENT
+            if pad:  # an extra field (id, size, zeros) moves the data to the boundary; it needs at least 4 bytes
+                pad += USDZ_ALIGNMENT if pad < 4 else 0
+                info.extra = (0x1986).to_bytes(2, "little") + (pad - 4).to_bytes(2, "little") + bytes(pad - 4)
+            package.writestr(info, data)
 
 
 def _textured_box(texture: Any) -> Any:

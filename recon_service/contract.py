@@ -15,7 +15,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 
 class ContractStatus(StrEnum):
@@ -51,6 +61,11 @@ class JobCreate(BaseModel):
         False, description="Additive: true (and no photos_dir) to get pre-signed upload URLs for photo_count photos; POST the commit_url when they are up."
     )
     notes: StrictStr | None = Field(None, max_length=10_000, description="Optional notes supplied by the user.")
+    real_size_m: StrictFloat | StrictInt | None = Field(
+        None,
+        description="Additive: the object's longest side in metres (e.g. asked of the user); the model is scaled to it. "
+        "Without it the scale comes from the photos' GPS EXIF, else the model is normalised (report.json scale.source says which).",
+    )
     options: dict[str, Any] | None = Field(
         None,
         description='Additive: {"preset": "preview|balanced|high", "<stage>.<field>": value, ...}; see GET /options.',
@@ -82,6 +97,13 @@ class JobCreate(BaseModel):
         if value < 1:
             raise ValueError(f"must be at least 1, not {value}")
         return value
+
+    @field_validator("real_size_m")
+    @classmethod
+    def _size(cls, value: float | None) -> float | None:
+        if value is not None and not (0 < value <= 100_000):  # NaN fails too
+            raise ValueError(f"must be a length in metres above 0 and at most 100000, not {value!r}")
+        return None if value is None else float(value)
 
     @field_validator("photos_dir")
     @classmethod
@@ -154,7 +176,12 @@ class JobPublic(BaseModel):
     eta_seconds: float | None = Field(description="Estimated seconds left while running; null when unknown.")
     created_at: datetime
     updated_at: datetime
-    artifacts: dict[str, str] = Field(description="Artifact name (model.glb, report.json, ...) → file:// or s3:// URI, once completed.")
+    artifacts: dict[str, str] = Field(
+        description="Artifact name (model.glb, model_mobile.glb, model.usdz, report.json, ...) → file:// or s3:// URI, once completed."
+    )
+    artifact_bytes: dict[str, int] = Field(
+        default_factory=dict, description="Artifact name → size in bytes (a folder: all its files), once completed; {} before."
+    )
     cancelled: bool = Field(description="True when the job failed because it was cancelled.")
     cancel_requested: bool = Field(description="A cancel was requested and the worker is stopping.")
     dataset_name: str
@@ -201,6 +228,10 @@ class CallbackBody(BaseModel):
     model_uri: str | None = Field(description="file:// or s3:// URI of model.glb when completed, else null.")
     model_url: str | None = Field(None, description="Additive, when the model is on S3: a pre-signed HTTPS GET of it (valid RECON_PRESIGN_TTL_S).")
     artifact_urls: dict[str, str] | None = Field(None, description="Additive, when the model is on S3: pre-signed HTTPS GETs of the artifacts.")
+    artifacts: dict[str, str] | None = Field(
+        None, description="Additive, in the completed callback only: every delivered file (model.glb, model_mobile.glb, model.usdz, ...) → its URI."
+    )
+    artifact_bytes: dict[str, int] | None = Field(None, description="Additive, in the completed callback only: each delivered file's size in bytes.")
 
 
 class Health(BaseModel):

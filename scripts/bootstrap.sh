@@ -13,8 +13,9 @@ fi
 
 # open3d links libusb and libgomp; OpenCV and pycolmap need nothing else on Debian/Ubuntu.
 SYSTEM_PACKAGES="libusb-1.0-0 libgomp1"
-# The tests start a real redis-server (Celery broker and worker events); without it those tests are skipped.
-TEST_PACKAGES="redis-server"
+# The tests start a real redis-server (Celery broker and worker events) and run the Khronos glTF
+# Validator with Node on every GLB they produce; without them those checks are skipped.
+TEST_PACKAGES="redis-server nodejs"
 missing=""
 for pkg in $SYSTEM_PACKAGES $TEST_PACKAGES; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -46,3 +47,7 @@ fi
 # Every version comes from the lock file (make lock refreshes it): the same on every machine and in CI.
 .venv/bin/python -m pip install -q -c requirements.lock -e '.[pipeline,s3,celery,dev]'
 echo "installed into .venv (locked versions from requirements.lock)"
+# The glTF Validator (npm gltf-validator, pinned sha512) into .cache/gltf-validator, for the tests.
+if command -v node >/dev/null 2>&1; then
+    .venv/bin/python scripts/install_gltf_validator.py || echo "could not install gltf-validator; the GLB validation in the tests is skipped" >&2
+fi

@@ -8,7 +8,30 @@ from pathlib import Path
 import pytest
 
 from recon_service.kit import CallbackRecorder, ReconDouble, write_jpegs
+from tests.deliverables import check_model_files, gltf_validator_missing
 from tests.helpers import CALLBACK_TOKEN, double
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every GLB and USDZ the tests left under the session's temp folder must pass the validators.
+
+    Real runs, simulated jobs and stage tests all write model files; checking them all here, once,
+    means no test can add a model file that the glTF Validator or OpenUSD's checks would reject.
+    """
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or getattr(factory, "_basetemp", None) is None:
+        return  # no test used a temp folder
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    missing = gltf_validator_missing()
+    if missing and reporter is not None:
+        reporter.write_line(f"model files: GLBs not validated: {missing}", yellow=True)
+    problems = check_model_files(factory.getbasetemp())
+    if problems:
+        if reporter is not None:
+            reporter.write_line(f"model files: {len(problems)} fail validation:", red=True)
+            for line in problems[:50]:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -1,5 +1,11 @@
-"""Stage ``export``: the upright, centred GLB the app shows (``glb``) and its thumbnail (``preview``)."""
+"""Stage ``export``: what the app receives, in metres.
 
-from pipelines.export.glb import PREVIEW_SIZE, ExportResult, gravity_up, run
+``deliver`` runs the stage (``run``): ``frame`` (up, facing, centring), ``scale`` (metres from the
+request, GPS EXIF, or a normalised size), ``glb`` (the full level), ``lod`` (the mobile level, its
+texture baked again), ``usdz`` (AR Quick Look) and ``preview`` (the thumbnail).
+"""
 
-__all__ = ["PREVIEW_SIZE", "ExportResult", "gravity_up", "run"]
+from pipelines.export.deliver import MODEL_FILES, PREVIEW_SIZE, ExportResult, FileStats, run
+from pipelines.export.frame import gravity_up
+
+__all__ = ["MODEL_FILES", "PREVIEW_SIZE", "ExportResult", "FileStats", "gravity_up", "run"]

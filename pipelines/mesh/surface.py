@@ -28,6 +28,7 @@ from pipelines.errors import ReconstructionFailed
 from pipelines.files import atomic_path
 from pipelines.geometry import face_adjacency, face_areas
 from pipelines.mesh.poisson import PoissonProcess
+from pipelines.mesh.simplify import simplify
 from pipelines.options import MeshOptions
 from pipelines.progress import CancelToken, StageProgress
 from pipelines.views import ColmapView, convergence, load_views
@@ -332,17 +333,10 @@ def _remove_small_components(mesh: Any, min_fraction: float) -> tuple[Any, int]:
 
 def _decimate(mesh: Any, max_faces: int) -> Any:
     """Quadric decimation to at most ``max_faces`` faces (colours are re-transferred afterwards)."""
-    import fast_simplification
     import open3d as o3d
 
-    verts = np.asarray(mesh.vertices)
-    faces = np.asarray(mesh.triangles)
-    reduction = 1.0 - max_faces / len(faces)
-    v, f = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32), target_reduction=reduction, agg=7)
-    out = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v.astype(np.float64)), o3d.utility.Vector3iVector(f.astype(np.int32)))
-    if len(out.triangles) > max_faces:  # the library may overshoot by a few faces
-        out = out.simplify_quadric_decimation(max_faces)
-    return out
+    v, f = simplify(np.asarray(mesh.vertices), np.asarray(mesh.triangles), max_faces)
+    return o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v), o3d.utility.Vector3iVector(f.astype(np.int32)))
 
 
 def _transfer_colours(vertices: np.ndarray, xyz: np.ndarray, colours: np.ndarray, k: int = 4) -> np.ndarray:

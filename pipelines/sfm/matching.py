@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import ReconstructionFailed
+from pipelines.geometry import ecef_from_geodetic
 from pipelines.options import SfmOptions
 from pipelines.progress import CancelToken, StageProgress
 from pipelines.sfm.colmap import NOT_PLACED_ADVICE, colmap_cancellable, route_colmap_log, timed_batches
 from pipelines.sfm.features import FeaturesResult
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def spatial_pairs(gps: dict[str, tuple[float, float, float]], neighbours: int, m
     from scipy.spatial import cKDTree
 
     names = sorted(gps)
-    xyz = _ecef(np.array([gps[n] for n in names], dtype=np.float64))
+    xyz = ecef_from_geodetic(np.array([gps[n] for n in names], dtype=np.float64))
     k = min(neighbours + 1, len(names))
     dist, idx = cKDTree(xyz).query(xyz, k=k, distance_upper_bound=max_distance_m)
     pairs = {
@@ -143,16 +144,6 @@ def spatial_pairs(gps: dict[str, tuple[float, float, float]], neighbours: int, m
         if j != i and j < len(names) and math.isfinite(d)
     }
     return sorted(pairs)
-
-
-def _ecef(lat_lon_alt: np.ndarray) -> np.ndarray:
-    """WGS84 latitude/longitude (degrees) and altitude (m) to Earth-centred Cartesian metres."""
-    import numpy as np
-
-    a, e2 = 6378137.0, 6.69437999014e-3
-    lat, lon, alt = np.radians(lat_lon_alt[:, 0]), np.radians(lat_lon_alt[:, 1]), lat_lon_alt[:, 2]
-    n = a / np.sqrt(1 - e2 * np.sin(lat) ** 2)
-    return np.stack([(n + alt) * np.cos(lat) * np.cos(lon), (n + alt) * np.cos(lat) * np.sin(lon), (n * (1 - e2) + alt) * np.sin(lat)], axis=1)
 
 
 def _union(a: list[tuple[str, str]], b: list[tuple[str, str]]) -> list[tuple[str, str]]:

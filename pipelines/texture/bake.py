@@ -29,8 +29,9 @@ from pipelines.files import atomic_path, write_png
 from pipelines.geometry import face_areas, vertex_normals
 from pipelines.options import TextureOptions
 from pipelines.progress import CancelToken, StageProgress
-from pipelines.texture.atlas import Atlas, build_atlas
+from pipelines.texture.atlas import build_atlas
 from pipelines.texture.blend import IMAGE_MARGIN, exposure_gains, push_pull_fill, sample_photo
+from pipelines.texture.raster import atlas_raycaster, rasterize
 from pipelines.views import ColmapView, load_views
 
 logger = logging.getLogger(__name__)
@@ -139,13 +140,13 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
     gains = exposure_gains(vertices, faces, candidates, views, images)
     cancel.check()
 
-    flat = _atlas_raycaster(atlas)
+    flat = atlas_raycaster(atlas)
     atlas_rgb = np.zeros((size * size, 3), dtype=np.uint8)
     known = np.zeros(size * size, dtype=bool)
     total = size * size
     for start in range(0, total, TEXELS_PER_CHUNK):
         cancel.check()
-        texel, face, bary = _rasterize(flat, size, start, min(start + TEXELS_PER_CHUNK, total))
+        texel, face, bary = rasterize(flat, size, start, min(start + TEXELS_PER_CHUNK, total))
         rgb = _bake_texels(face, bary, vertices, faces, colours, candidates, vertex_weight, views, images, gains)
         atlas_rgb[texel] = np.clip(rgb * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
         known[texel] = True
@@ -296,34 +297,6 @@ def _read_image(path: Path, view: ColmapView) -> np.ndarray:
     if bgr.shape[1] != view.width or bgr.shape[0] != view.height:
         raise ReconstructionFailed("texture", f"{path.name} is {bgr.shape[1]}x{bgr.shape[0]} but its camera is {view.width}x{view.height}; rerun from the ingest stage")
     return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
-def _atlas_raycaster(atlas: Atlas) -> Any:
-    """A ray-casting scene of the flat atlas (z = 0, texel units): rasterization by ray casting."""
-    import open3d as o3d
-
-    flat = np.concatenate([atlas.texel_xy, np.zeros((len(atlas.texel_xy), 1))], axis=1)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(flat.astype(np.float32)), o3d.core.Tensor(atlas.faces.astype(np.uint32)))
-    return scene
-
-
-def _rasterize(scene: Any, size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Texels in [start, stop) (row-major indices) whose centres lie on a face: index, face, barycentrics (N, 3)."""
-    import open3d as o3d
-
-    index = np.arange(start, stop, dtype=np.int64)
-    rays = np.zeros((len(index), 6), dtype=np.float32)
-    rays[:, 0] = index % size + 0.5
-    rays[:, 1] = index // size + 0.5
-    rays[:, 2] = 1.0
-    rays[:, 5] = -1.0
-    hit = scene.cast_rays(o3d.core.Tensor(rays))
-    face = hit["primitive_ids"].numpy().astype(np.int64)
-    ok = face != o3d.t.geometry.RaycastingScene.INVALID_ID
-    uv = hit["primitive_uvs"].numpy()[ok]
-    bary = np.stack([1.0 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1).astype(np.float32)
-    return index[ok], face[ok], bary
 
 
 def _write_npz(path: Path, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, colours: np.ndarray, uv: np.ndarray | None) -> Path:

@@ -21,6 +21,7 @@ def job_public(rec: JobRecord) -> JobPublic:
         created_at=_utc(rec.created_at),
         updated_at=_utc(rec.updated_at),
         artifacts=dict(rec.artifacts),
+        artifact_bytes=dict(rec.artifact_bytes),
         cancelled=rec.cancelled,
         cancel_requested=rec.cancel_requested,
         dataset_name=rec.dataset_name,

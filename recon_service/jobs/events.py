@@ -122,8 +122,8 @@ class RedisReporter:
     def cancel_reason(self) -> str | None:
         return self._redis.get(key("cancel", self._job_id))
 
-    def completed(self, model_uri: str, artifacts: dict[str, str], message: str) -> None:
-        if self.send("completed", model_uri=model_uri, artifacts=artifacts, message=message):
+    def completed(self, model_uri: str, artifacts: dict[str, str], message: str, artifact_bytes: dict[str, int]) -> None:
+        if self.send("completed", model_uri=model_uri, artifacts=artifacts, message=message, artifact_bytes=artifact_bytes):
             self._done()
 
     def failed(self, message: str, *, cancelled: bool = False, log_tail: list[str] | None = None) -> None:
@@ -207,6 +207,7 @@ class EventConsumer:
                 attempt,
                 model_uri=event["model_uri"],
                 artifacts=event["artifacts"],
+                artifact_bytes={k: int(v) for k, v in (event.get("artifact_bytes") or {}).items()},
                 message=event["message"],
                 token=token,
             )

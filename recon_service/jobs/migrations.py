@@ -148,6 +148,11 @@ def _v6(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")  # host:pid (or node:pid) of the attempt that runs or ran it
 
 
+def _v7(conn: sqlite3.Connection) -> None:
+    """What a completed job delivered: bytes of each artifact (a folder: all its files), for the API and the completed callback."""
+    conn.execute("ALTER TABLE jobs ADD COLUMN artifact_bytes TEXT NOT NULL DEFAULT '{}'")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "jobs and the callback outbox", _v1),
     Migration(2, "stage_runs: one row per pipeline stage of each attempt", _v2),
@@ -155,6 +160,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "callbacks given up are dead letters (state 'dead')", _v4),
     Migration(5, "pre-signed uploads: upload_expires_at, upload_committed_at", _v5),
     Migration(6, "distributed workers: dispatch_token, worker", _v6),
+    Migration(7, "artifact_bytes: the size of each delivered file", _v7),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -270,5 +270,6 @@ class CallbackDispatcher:
 
 
 def callback_body(cb: Callback) -> dict[str, Any]:
-    """The contract's body (exactly its five fields) for the job state an outbox row recorded."""
-    return CallbackBody.model_validate(cb.body).model_dump(mode="json", exclude={"model_url", "artifact_urls"})
+    """The contract's body (its five fields; a completed job's also lists its files and sizes) for the job state an outbox row recorded."""
+    body = CallbackBody.model_validate(cb.body).model_dump(mode="json", exclude={"model_url", "artifact_urls"})
+    return {k: v for k, v in body.items() if v is not None or k not in ("artifacts", "artifact_bytes")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -108,11 +108,13 @@ class JobRecord:
     upload_committed_at: float | None = None
     dispatch_token: str | None = None
     worker: str | None = None
+    artifact_bytes: dict[str, int] = field(default_factory=dict)
+    """Artifact name → bytes (a folder: all its files), once completed."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
         d = dict(row)
-        for key in ("request", "options", "artifacts"):
+        for key in ("request", "options", "artifacts", "artifact_bytes"):
             d[key] = json.loads(d[key])
         d["simulate"] = json.loads(d["simulate"]) if d["simulate"] is not None else None
         d["state"] = JobState(d["state"])
@@ -131,7 +133,10 @@ class JobRecord:
 
     def snapshot(self) -> dict[str, Any]:
         """What a status or progress callback reports of this job (the outbox renders the contract body from it)."""
-        return {"job_id": self.job_id, "status": self.status, "progress": self.progress, "message": self.message, "model_uri": self.model_uri}
+        body = {"job_id": self.job_id, "status": self.status, "progress": self.progress, "message": self.message, "model_uri": self.model_uri}
+        if self.state is JobState.COMPLETED:  # additive: what was delivered, each file with its size
+            body |= {"artifacts": self.artifacts, "artifact_bytes": self.artifact_bytes}
+        return body
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ class Callback:
 JOB_COLUMNS = (
     "state", "status", "stage", "progress", "message", "eta_seconds", "model_uri", "artifacts", "cancel_requested",
     "cancel_reason", "cancelled", "attempts", "updated_at", "started_at", "finished_at", "last_progress_cb_at", "upload_committed_at",
-    "dispatch_token", "worker",
+    "dispatch_token", "worker", "artifact_bytes",
 )  # fmt: skip
 """The columns a job's changes may touch (the rest is fixed at submission)."""
 
@@ -162,7 +167,7 @@ def canonical_json(value: Any) -> str:
 
 def encode(column: str, value: Any) -> Any:
     """A record field as SQLite stores it."""
-    if column == "artifacts":
+    if column in ("artifacts", "artifact_bytes"):
         return canonical_json(value)
     if isinstance(value, bool):
         return int(value)

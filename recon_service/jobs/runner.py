@@ -103,7 +103,7 @@ class Reporter(Protocol):
     def owns(self) -> bool:
         """Whether this attempt still owns the job (checked before its model is published)."""
 
-    def completed(self, model_uri: str, artifacts: dict[str, str], message: str) -> None: ...
+    def completed(self, model_uri: str, artifacts: dict[str, str], message: str, artifact_bytes: dict[str, int]) -> None: ...
 
     def failed(self, message: str, *, cancelled: bool = False) -> None: ...
 
@@ -127,8 +127,8 @@ class StoreReporter:
         job = self._store.get(self._job_id)
         return job is not None and job.state is JobState.RUNNING and job.attempts == self._attempt
 
-    def completed(self, model_uri: str, artifacts: dict[str, str], message: str) -> None:
-        self._store.complete(self._job_id, self._attempt, model_uri=model_uri, artifacts=artifacts, message=message)
+    def completed(self, model_uri: str, artifacts: dict[str, str], message: str, artifact_bytes: dict[str, int]) -> None:
+        self._store.complete(self._job_id, self._attempt, model_uri=model_uri, artifacts=artifacts, message=message, artifact_bytes=artifact_bytes)
 
     def failed(self, message: str, *, cancelled: bool = False) -> None:
         self._store.fail(self._job_id, self._attempt, message=message, cancelled=cancelled)
@@ -233,7 +233,7 @@ def run_attempt(
         reporter.failed(mark(exc.message, settings))
         return
     message = "; ".join(result.warnings) if result.warnings else "completed"
-    reporter.completed(published.model_uri, published.artifacts, mark(message, settings))
+    reporter.completed(published.model_uri, published.artifacts, mark(message, settings), published.sizes)
     logger.info("job=%s attempt=%d completed in %.1f s", job_id, attempt, time.monotonic() - started)
 
 

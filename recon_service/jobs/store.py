@@ -342,13 +342,17 @@ class Store:
             )
             return True
 
-    def complete(self, job_id: str, attempt: int, *, model_uri: str, artifacts: dict[str, str], message: str, token: str | None = None) -> bool:
-        """The attempt published its model: ``model_uri`` and ``artifacts`` (name → URI)."""
+    def complete(
+        self, job_id: str, attempt: int, *, model_uri: str, artifacts: dict[str, str], message: str, token: str | None = None,
+        artifact_bytes: dict[str, int] | None = None,
+    ) -> bool:
+        """The attempt published its model: ``model_uri``, ``artifacts`` (name → URI) and their sizes (name → bytes)."""
         with self._write() as conn:
             job = self._owned(conn, job_id, attempt, token)
             if job is None:
                 return False
-            self._save(conn, job, state=JobState.COMPLETED, model_uri=model_uri, artifacts=artifacts, message=message)
+            self._save(conn, job, state=JobState.COMPLETED, model_uri=model_uri, artifacts=artifacts, artifact_bytes=dict(artifact_bytes or {}),
+                       message=message)  # fmt: skip
             return True
 
     def fail(self, job_id: str, attempt: int, *, message: str, cancelled: bool = False, token: str | None = None) -> bool:

@@ -50,6 +50,11 @@ def validate_submission(body: JobCreate, settings: Settings, s3: Callable[[], S3
     ``s3`` gives the service's object-store client, for ``photos_dir`` on S3 and pre-signed uploads.
     """
     options = _options(body.options, settings)
+    if body.real_size_m is not None:
+        asked = (body.options or {}).get("export.real_size_m")
+        if asked not in (None, 0, 0.0, body.real_size_m):
+            raise SubmissionRejected(f"real_size_m: {body.real_size_m} m disagrees with options.export.real_size_m = {asked}; send one of them")
+        options["export.real_size_m"] = body.real_size_m
     simulate = _scenario(body.simulate) if settings.simulated else None
     upload_expires_at = None
     if body.upload:

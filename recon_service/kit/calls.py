@@ -49,6 +49,7 @@ def submit_call(
     notes: str | None,
     options: Mapping[str, Any] | None,
     simulate: Mapping[str, Any] | None,
+    real_size_m: float | None = None,
 ) -> Call:
     """``POST /jobs``; ``photos_dir=None`` asks for a pre-signed upload (``upload: true``)."""
     body: dict[str, Any] = {"job_id": str(job_id), "dataset_name": dataset_name, "photo_count": photo_count}
@@ -62,6 +63,8 @@ def submit_call(
         body["options"] = dict(options)
     if simulate is not None:
         body["simulate"] = dict(simulate)
+    if real_size_m is not None:
+        body["real_size_m"] = real_size_m
     return Call("POST", "/jobs", JobAccepted, json=body, ok=(202,))
 
 

@@ -105,13 +105,15 @@ class ReconClient:
         notes: str | None = None,
         options: Mapping[str, Any] | None = None,
         simulate: Mapping[str, Any] | None = None,
+        real_size_m: float | None = None,
     ) -> JobAccepted:
         """``POST /jobs``: queue a reconstruction of the ``photo_count`` photos in ``photos_dir`` (absolute path).
 
         ``options``: ``{"preset": ..., "<stage>.<field>": value}`` (see :meth:`options`);
-        ``simulate``: a scenario, honoured only by a service in simulate mode.
+        ``simulate``: a scenario, honoured only by a service in simulate mode; ``real_size_m``: the
+        object's longest side in metres, when the app knows it (the model is scaled to it).
         """
-        return self._run(calls.submit_call(job_id, dataset_name, photo_count, photos_dir, notes, options, simulate))
+        return self._run(calls.submit_call(job_id, dataset_name, photo_count, photos_dir, notes, options, simulate, real_size_m))
 
     def submit_with_upload(
         self,
@@ -121,13 +123,14 @@ class ReconClient:
         notes: str | None = None,
         options: Mapping[str, Any] | None = None,
         simulate: Mapping[str, Any] | None = None,
+        real_size_m: float | None = None,
     ) -> JobPublic:
         """Submit with ``upload: true``, PUT each file (a path or bytes) to its pre-signed URL, commit; the queued job.
 
         Safe to call again with the same ``job_id`` after a failure: the submission is idempotent,
         the URLs are fresh, the PUTs overwrite and the commit is idempotent.
         """
-        accepted = self._run(calls.submit_call(job_id, dataset_name, len(files), None, notes, options, simulate))
+        accepted = self._run(calls.submit_call(job_id, dataset_name, len(files), None, notes, options, simulate, real_size_m))
         if accepted.upload is not None:
             with httpx.Client(timeout=self._http.timeout) as plain:  # no bearer token: the URL carries its own signature
                 for url, data in calls.upload_plan(accepted, files):
@@ -224,9 +227,10 @@ class AsyncReconClient:
         notes: str | None = None,
         options: Mapping[str, Any] | None = None,
         simulate: Mapping[str, Any] | None = None,
+        real_size_m: float | None = None,
     ) -> JobAccepted:
         """``POST /jobs``; see :meth:`ReconClient.submit`."""
-        return await self._run(calls.submit_call(job_id, dataset_name, photo_count, photos_dir, notes, options, simulate))
+        return await self._run(calls.submit_call(job_id, dataset_name, photo_count, photos_dir, notes, options, simulate, real_size_m))
 
     async def submit_with_upload(
         self,
@@ -236,9 +240,10 @@ class AsyncReconClient:
         notes: str | None = None,
         options: Mapping[str, Any] | None = None,
         simulate: Mapping[str, Any] | None = None,
+        real_size_m: float | None = None,
     ) -> JobPublic:
         """See :meth:`ReconClient.submit_with_upload`."""
-        accepted = await self._run(calls.submit_call(job_id, dataset_name, len(files), None, notes, options, simulate))
+        accepted = await self._run(calls.submit_call(job_id, dataset_name, len(files), None, notes, options, simulate, real_size_m))
         if accepted.upload is not None:
             async with httpx.AsyncClient(timeout=self._http.timeout) as plain:
                 for url, data in calls.upload_plan(accepted, files):

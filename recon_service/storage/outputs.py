@@ -17,7 +17,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -36,6 +36,8 @@ class Published:
     model_uri: str
     artifacts: dict[str, str]
     """Artifact name → URI (``file://`` or ``s3://``; a folder's URI ends with ``/``)."""
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Artifact name → bytes (a folder: the sum of its files)."""
 
 
 class Outputs(Protocol):
@@ -62,6 +64,7 @@ class LocalOutputs:
         self._settings = settings
 
     def publish(self, job_id: str, attempt_dir: Path, model: Path, artifacts: dict[str, Path]) -> Published:
+        sizes = artifact_sizes(artifacts)
         final = self._settings.job_output_dir(job_id)
         if final.exists():
             shutil.rmtree(final, ignore_errors=True)
@@ -71,7 +74,7 @@ class LocalOutputs:
         def moved(path: Path) -> str:
             return (final / Path(path).resolve().relative_to(attempt_dir.resolve())).as_uri()
 
-        return Published(moved(model), {name: moved(path) for name, path in artifacts.items()})
+        return Published(moved(model), {name: moved(path) for name, path in artifacts.items()}, sizes)
 
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self._settings.job_output_dir(job_id), ignore_errors=True)
@@ -123,8 +126,9 @@ class S3Outputs:
         for name, path in artifacts.items():
             rel = Path(path).resolve().relative_to(attempt_dir.resolve()).as_posix()
             uris[name] = where.child(rel).uri + ("/" if Path(path).is_dir() else "")
+        sizes = artifact_sizes(artifacts)
         shutil.rmtree(attempt_dir, ignore_errors=True)
-        return Published(where.child(model_rel).uri, uris)
+        return Published(where.child(model_rel).uri, uris, sizes)
 
     def remove(self, job_id: str) -> None:
         self._s3.delete_prefix(self.location(job_id))
@@ -171,6 +175,15 @@ class S3Outputs:
         except StorageError as exc:
             return f"{exc.message} (MODEL_OUTPUT_ROOT={self._root.uri})"
         return None
+
+
+def artifact_sizes(artifacts: dict[str, Path]) -> dict[str, int]:
+    """Bytes of each artifact; a folder's is the sum of its files."""
+    sizes = {}
+    for name, path in artifacts.items():
+        path = Path(path)
+        sizes[name] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return sizes
 
 
 def _files_of(root: Path, artifacts: dict[str, Path]) -> list[str]:

@@ -131,6 +131,9 @@ BAD_SUBMISSIONS: dict[str, tuple[Mutation, tuple[str, ...]]] = {
     "simulate_unknown_stage": (_set(simulate={"fail_at": "meshing"}), ("simulate.fail_at", "ingest")),
     "simulate_unknown_key": (_set(simulate={"explode": True}), ("simulate.explode",)),
     "simulate_bad_delay": (_set(simulate={"callback_delay_s": -1}), ("simulate.callback_delay_s",)),
+    "real_size_negative": (_set(real_size_m=-0.3), ("real_size_m", "above 0")),
+    "real_size_not_a_number": (_set(real_size_m="30 cm"), ("real_size_m",)),
+    "real_size_disagrees_with_option": (_set(real_size_m=0.3, options={"export.real_size_m": 2.0}), ("real_size_m", "export.real_size_m")),
 }
 
 
@@ -204,6 +207,13 @@ def test_options_are_resolved_from_preset_and_overrides(shared: ReconDouble) -> 
     assert options["preset"] == "preview" and options["dense.max_image_size"] == 640
     assert options["mesh.poisson_depth"] == PRESETS["preview"]["mesh.poisson_depth"] != PRESETS["high"]["mesh.poisson_depth"]
     assert set(options) == {"preset", *option_keys()}
+
+
+def test_real_size_m_sets_the_export_scale_option(shared: ReconDouble) -> None:
+    body = shared.payload(photos(shared)) | {"real_size_m": 0.3}
+    response = shared.http.post("/jobs", json=body)
+    assert response.status_code == 202, response.text
+    assert shared.job(body["job_id"])["options"]["export.real_size_m"] == 0.3
 
 
 def test_get_options_lists_presets_and_every_option_with_type_default_and_help(shared: ReconDouble) -> None:

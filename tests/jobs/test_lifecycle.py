@@ -65,7 +65,8 @@ def test_a_job_completes_with_ordered_callbacks_and_a_loadable_textured_glb(stac
     assert job["model_uri"].startswith("file:///") and model == service.models_root.resolve() / job_id / "model.glb"
     assert (job["stage"], job["eta_seconds"], job["cancelled"], job["attempts"]) == ("export", None, False, 1)
     assert "simulated" in job["message"]
-    assert set(job["artifacts"]) == {"model.glb", "sparse", "points.ply", "preview.png", "report.json"}
+    assert set(job["artifacts"]) == set(job["artifact_bytes"]) == {"model.glb", "model_mobile.glb", "model.usdz", "sparse", "points.ply", "preview.png", "report.json"}
+    assert job["artifact_bytes"]["model.glb"] == model.stat().st_size and job["artifact_bytes"]["sparse"] > 0
     report = json.loads(Path(urlparse(job["artifacts"]["report.json"]).path).read_text())
     assert report["simulated"] is True and report["photos"]["found"] == 4
 
@@ -77,7 +78,11 @@ def test_a_job_completes_with_ordered_callbacks_and_a_loadable_textured_glb(stac
     assert wait_statuses(backend, job_id, "completed") == SUCCESS
     calls = backend.calls_for(job_id, delivered_only=False)
     assert all(c.headers.get("authorization") == f"Bearer {CALLBACK_TOKEN}" for c in calls)
-    assert all(set(c.body) == {"job_id", "status", "progress", "message", "model_uri"} for c in calls)
+    contract = {"job_id", "status", "progress", "message", "model_uri"}
+    assert all(set(c.body) == contract for c in calls if c.body["status"] != "completed")
+    (done,) = [c.body for c in calls if c.body["status"] == "completed"]
+    assert set(done) == contract | {"artifacts", "artifact_bytes"}, "the completed callback adds the files and their sizes"
+    assert done["artifacts"] == job["artifacts"] and done["artifact_bytes"] == job["artifact_bytes"]
     assert [c.body["progress"] for c in calls] == sorted(c.body["progress"] for c in calls)
     assert delivered(backend, job_id, "progress"), "no progress callback was sent"
     assert delivered(backend, job_id, "status")[-1]["model_uri"] == job["model_uri"]

@@ -122,14 +122,17 @@ def test_outbox_keeps_status_changes_in_order_and_throttles_progress(store: Stor
     time.sleep(0.25)
     progress(store, job.job_id, 1, 0.65, phase="meshing", stage="mesh")
     progress(store, job.job_id, 1, 0.66, phase="meshing", stage="mesh")
-    store.complete(job.job_id, 1, model_uri="file:///m/model.glb", artifacts={}, message="completed")
+    store.complete(job.job_id, 1, model_uri="file:///m/model.glb", artifacts={"model.glb": "file:///m/model.glb"}, message="completed",
+                   artifact_bytes={"model.glb": 1234})  # fmt: skip
     calls = [(c.kind, c.body["status"], c.body["progress"]) for c in store.callbacks_of(job.job_id)]
     statuses = [status for kind, status, _ in calls if kind == "status"]
     assert statuses == ["queued", "processing", "meshing", "completed"]
     progresses = [p for kind, _, p in calls if kind == "progress"]
     assert len(progresses) <= 2 and progresses == sorted(progresses)
     assert calls[-1] == ("status", "completed", 1.0)
-    assert set(store.callbacks_of(job.job_id)[-1].body) == {"job_id", "status", "progress", "message", "model_uri"}
+    assert set(store.callbacks_of(job.job_id)[-1].body) == {"job_id", "status", "progress", "message", "model_uri", "artifacts", "artifact_bytes"}
+    assert store.callbacks_of(job.job_id)[-1].body["artifact_bytes"] == {"model.glb": 1234}
+    assert all(set(c.body) == {"job_id", "status", "progress", "message", "model_uri"} for c in store.callbacks_of(job.job_id)[:-1])
     assert store.callbacks_of(job.job_id)[-1].body["model_uri"] == "file:///m/model.glb"
 
 

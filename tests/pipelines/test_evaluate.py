@@ -14,7 +14,8 @@ import pytest
 
 from fixtures.groundtruth import load_crop, load_mesh
 from fixtures.scenes import make_scene
-from pipelines.evaluate import EvalResult, evaluate, robust_similarity, umeyama, write
+from pipelines.evaluate import EvalResult, evaluate, write
+from pipelines.geometry import robust_similarity, umeyama
 from tests.fixtures.fake_runs import fake_run as _fake_run
 from tests.fixtures.fake_runs import random_similarity as _random_similarity
 

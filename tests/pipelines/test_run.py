@@ -14,11 +14,12 @@ from pipelines.run import reconstruct
 
 def test_a_run_that_fails_after_the_model_was_written_leaves_no_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    stub = SimpleNamespace(textured=True, fallback_reason=None)
+    stub = SimpleNamespace(textured=True, fallback_reason=None, gps={})
 
-    def fake_export(textured: object, sparse: object, out_dir: Path, progress: object, cancel: object) -> SimpleNamespace:
-        (out_dir / "model.glb").write_bytes(b"glTF")  # export succeeded...
-        return SimpleNamespace(glb_path=out_dir / "model.glb", preview_path=out_dir / "preview.png")
+    def fake_export(textured: object, sparse: object, gps: object, out_dir: Path, *args: object) -> SimpleNamespace:
+        for name in ("model.glb", "model_mobile.glb", "model.usdz"):  # export succeeded...
+            (out_dir / name).write_bytes(b"glTF")
+        return SimpleNamespace(glb_path=out_dir / "model.glb", preview_path=out_dir / "preview.png", scale=SimpleNamespace(summary=dict))
 
     for module, name in ((ingest, "run"), (sfm, "extract_features"), (sfm, "match_features"), (sfm, "reconstruct_sparse"),
                          (dense, "run"), (mesh, "run"), (texture, "run")):  # fmt: skip
@@ -31,4 +32,4 @@ def test_a_run_that_fails_after_the_model_was_written_leaves_no_model(tmp_path: 
     monkeypatch.setattr(report, "write", full_disk)  # ...then writing the report fails
     with pytest.raises(OSError):
         reconstruct(tmp_path / "photos", out, build_options("preview"))
-    assert not (out / "model.glb").exists()
+    assert not any((out / name).exists() for name in ("model.glb", "model_mobile.glb", "model.usdz"))

@@ -23,6 +23,7 @@ from fixtures.groundtruth import load_cameras
 from fixtures.scenes import make_scene
 from pipelines import ingest, sfm
 from pipelines.errors import Cancelled, ReconstructionFailed
+from pipelines.geometry import umeyama
 from pipelines.options import IngestOptions, SfmOptions
 from pipelines.progress import CancelToken, no_progress
 from pipelines.sfm.colmap import route_colmap_log
@@ -53,18 +54,6 @@ def copy_features(feats: sfm.FeaturesResult, work: Path) -> sfm.FeaturesResult:
 def small_matches(small_features: sfm.FeaturesResult, tmp_path_factory: pytest.TempPathFactory) -> sfm.MatchesResult:
     feats = copy_features(small_features, tmp_path_factory.mktemp("small_matches") / "sfm")
     return sfm.match_features(feats, OPTIONS, no_progress, CancelToken())
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Similarity (scale, R, t) minimising |dst - (s R src + t)|^2 over corresponding rows."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    cov = (dst - mu_d).T @ (src - mu_s) / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.eye(3)
-    sign[2, 2] = np.sign(np.linalg.det(u @ vt))
-    rot = u @ sign @ vt
-    scale = np.trace(np.diag(d) @ sign) / ((src - mu_s) ** 2).sum(1).mean()
-    return scale, rot, mu_d - scale * rot @ mu_s
 
 
 def camera_position_errors(sparse: sfm.SparseResult, scene: Path) -> tuple[np.ndarray, float]:

@@ -25,7 +25,7 @@ def test_writes_a_textured_glb_a_colmap_model_points_and_a_simulated_report(tmp_
 
     events: list[ProgressEvent] = []
     result = reconstruct(write_jpegs(tmp_path / "photos", 5), tmp_path / "out", build_options("preview"), events.append, scenario=FAST)
-    assert set(result.artifacts) == {"model.glb", "sparse", "points.ply", "preview.png", "report.json"}
+    assert set(result.artifacts) == {"model.glb", "model_mobile.glb", "model.usdz", "sparse", "points.ply", "preview.png", "report.json"}
     assert all(path.exists() for path in result.artifacts.values())
     (mesh,) = trimesh.load(result.model_path).geometry.values()
     assert mesh.visual.kind == "texture" and mesh.bounds[0][1] == pytest.approx(0.0) and mesh.bounds[1][1] == pytest.approx(1.0)
@@ -39,6 +39,22 @@ def test_writes_a_textured_glb_a_colmap_model_points_and_a_simulated_report(tmp_
     assert fractions == sorted(fractions) and fractions[-1] < 1.0
     assert {e.phase for e in events} == {"processing", "meshing", "texturing"}
     assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_the_mobile_glb_and_usdz_are_small_but_valid(tmp_path: Path) -> None:
+    """The backend's CI gets the real file set: a mobile GLB with a smaller texture, a USDZ that OpenUSD and ARKit accept."""
+    import trimesh
+
+    from tests.deliverables import gltf_problems, gltf_validator_missing, usdz_problems
+
+    result = reconstruct(write_jpegs(tmp_path / "photos", 3), tmp_path / "out", build_options(), scenario=FAST)
+    full, mobile = (trimesh.load(result.artifacts[n], force="mesh") for n in ("model.glb", "model_mobile.glb"))
+    assert max(mobile.visual.material.baseColorTexture.size) < max(full.visual.material.baseColorTexture.size)
+    assert usdz_problems(result.artifacts["model.usdz"]) == []
+    if gltf_validator_missing() is None:
+        assert gltf_problems([result.artifacts["model.glb"], result.artifacts["model_mobile.glb"]]) == {}
+    without = reconstruct(write_jpegs(tmp_path / "photos2", 3), tmp_path / "out2", build_options(overrides={"export.usdz": False}), scenario=FAST)
+    assert "model.usdz" not in without.artifacts and not (tmp_path / "out2" / "model.usdz").exists()
 
 
 def test_a_default_job_takes_about_a_second(tmp_path: Path) -> None:

@@ -83,8 +83,11 @@ def test_retention_of_models_removes_whole_folders_of_finished_jobs_only(tmp_pat
     folders = {name: fill(tmp_path / "models" / job_id / WORK_DIR, 1).parent for name, job_id in ids.items()}
     folders["unknown job"] = fill(tmp_path / "models" / str(uuid.uuid4()) / WORK_DIR, 1).parent
     folders["not a job"] = fill(tmp_path / "models" / "lost+found" / WORK_DIR, 1).parent
+    import trimesh
+
+    model = trimesh.creation.box().export(file_type="glb")  # a real (tiny) model: every GLB a test leaves is validated
     for folder in folders.values():
-        (folder / "model.glb").write_bytes(b"glTF")
+        (folder / "model.glb").write_bytes(model)
 
     assert RetentionSweeper(settings(True), store).sweep(now=time.time() + 30) == [], "removed before RECON_RETENTION_S"
     removed = RetentionSweeper(settings(True), store).sweep(now=time.time() + 61)
