@@ -27,6 +27,8 @@ from recon_service.storage.s3 import S3, StorageError
 from recon_service.storage.uri import S3Location
 
 MODEL = "model.glb"
+CONTENT_TYPES = {".glb": "model/gltf-binary", ".usdz": "model/vnd.usdz+zip"}
+"""Types the standard library may not know; AR Quick Look opens a USDZ link by its type."""
 STORED_BYTES_CACHE_S = 30.0
 """How long a measured ``stored_bytes`` of a job is reused (listing objects costs a round trip)."""
 
@@ -114,7 +116,7 @@ class S3Outputs:
         try:
             self._s3.delete_prefix(where)  # what an earlier, interrupted attempt may have left
             for rel in order:
-                kind = mimetypes.guess_type(rel)[0] or ("model/gltf-binary" if rel.endswith(".glb") else "application/octet-stream")
+                kind = CONTENT_TYPES.get(Path(rel).suffix) or mimetypes.guess_type(rel)[0] or "application/octet-stream"
                 self._s3.upload(attempt_dir / rel, where.bucket, where.child(rel).key, kind)
         except StorageError as exc:
             try:

@@ -98,7 +98,9 @@ def test_the_pre_signed_upload_flow_delivers_a_model_on_s3_with_download_links(s
     assert model.status_code == 200
     mesh = trimesh.load(io.BytesIO(model.content), file_type="glb", force="mesh")
     assert len(mesh.faces) == 12
-    assert set(job["artifact_urls"]) >= {"model.glb", "report.json", "preview.png", "points.ply", "sparse/cameras.txt"}
+    assert set(job["artifact_urls"]) >= {"model.glb", "model_mobile.glb", "model.usdz", "report.json", "preview.png", "points.ply", "sparse/cameras.txt"}
+    usdz = httpx.get(job["artifact_urls"]["model.usdz"], timeout=10)  # AR Quick Look opens a link by its type
+    assert usdz.headers["content-type"] == "model/vnd.usdz+zip" and len(usdz.content) == job["artifact_bytes"]["model.usdz"]
     assert httpx.get(job["artifact_urls"]["report.json"], timeout=10).json()["simulated"] is True
     assert svc.job(job_id)["model_url"] != job["model_url"] or True  # fresh on each GET (same second may sign alike)
 
