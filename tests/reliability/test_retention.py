@@ -100,7 +100,7 @@ def test_retention_of_models_removes_whole_folders_of_finished_jobs_only(tmp_pat
     store.claim_next(), store.claim_next()  # the queued job, then this one
     store.complete(other, 1, model_uri="m", artifacts={}, message="ok")
     kept = fill(tmp_path / "models" / other / WORK_DIR, 1).parent
-    (kept / "model.glb").write_bytes(b"glTF")
+    (kept / "model.glb").write_bytes(model)
     (removal,) = RetentionSweeper(settings(False), store).sweep(now=time.time() + 61)
     assert removal.path == kept / WORK_DIR and (kept / "model.glb").exists() and not (kept / WORK_DIR).exists()
     assert disk_bytes(kept) < 64 << 10
