@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test test-fast bench bench-scale bench-deliverables reliability lint openapi lock clean
+.PHONY: install run worker test test-fast bench bench-scale bench-deliverables bench-quality bench-real real-photos reliability lint openapi lock clean
 
 $(STAMP): pyproject.toml requirements.lock scripts/bootstrap.sh
 	./scripts/bootstrap.sh
@@ -23,14 +23,24 @@ test: $(STAMP)  ## the whole test suite (includes one real end-to-end reconstruc
 test-fast: $(STAMP)  ## everything but the real-pipeline end-to-end tests
 	$(PY) -m pytest -m "not slow"
 
-bench: $(STAMP)  ## pipeline benchmark → bench/results.md and bench/results.json
+bench: $(STAMP)  ## pipeline benchmark, then the hard fixtures before/after → bench/results.md and bench/results.json
 	$(PY) -m bench.pipeline_bench
+	$(PY) -m bench.quality
 
 bench-scale: $(STAMP)  ## throughput with 1, 2 and 4 Celery workers, preview-queue delay → bench/scale.md
 	$(PY) -m bench.scale
 
 bench-deliverables: $(STAMP)  ## bytes, triangles, texture and seconds of model.glb, model_mobile.glb, model.usdz → its section of bench/results.md
 	$(PY) -m bench.deliverables
+
+bench-quality: $(STAMP)  ## hard fixtures before/after: camera errors, F, wall flatness, PSNR/SSIM fit and held-out → its section of bench/results.md
+	$(PY) -m bench.quality
+
+real-photos: $(STAMP)  ## copy the public real photo sets under .cache/real/ (git clone from GitHub)
+	$(PY) -m bench.real_photos prepare
+
+bench-real: $(STAMP)  ## real photo sets (make real-photos first): registered, reprojection, PSNR/SSIM fit and held-out → its section of bench/results.md
+	$(PY) -m bench.quality --real
 
 reliability: $(STAMP)  ## faults, hostile input and load → bench/reliability.md
 	$(PY) -m bench.reliability

@@ -82,6 +82,10 @@ class EvalResult:
     completeness_mean_m: float | None = None
     mesh_note: str = ""
     """Why there are no surface scores, or where the model transform came from."""
+    planes: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per ground-truth plane of the scene (``gt/planes.json``, e.g. the studio's wall): ``rms_m`` and
+    ``rms_pct`` (of the crop diagonal) of the reconstruction's distance to the plane over its extent,
+    and ``recall_05pct``, the fraction of the plane within 0.5 % of the diagonal of the reconstruction."""
 
     def fscore(self, tau_fraction: float = 0.01) -> float | None:
         return next((s.fscore for s in self.surface if s.tau_fraction == tau_fraction), None)
@@ -102,13 +106,13 @@ def _load_sparse(recon_out_dir: Path) -> Any:
     return max(models, key=lambda r: r.num_reg_images())
 
 
-def _find_key(data: Any, key: str) -> Any:
+def find_key(data: Any, key: str) -> Any:
     """First value of ``key`` in nested dicts (``report.json`` keeps it in a stage summary)."""
     if isinstance(data, dict):
         if key in data:
             return data[key]
         for value in data.values():
-            found = _find_key(value, key)
+            found = find_key(value, key)
             if found is not None:
                 return found
     return None
@@ -175,7 +179,7 @@ def _load_glb_in_sfm_frame(recon_out_dir: Path) -> tuple[np.ndarray, np.ndarray,
     mesh = trimesh.load(glb, force="mesh")
     sfm_from_model = None
     try:
-        sfm_from_model = _find_key(json.loads((recon_out_dir / "report.json").read_text()), "sfm_from_model")
+        sfm_from_model = find_key(json.loads((recon_out_dir / "report.json").read_text()), "sfm_from_model")
     except (OSError, ValueError):
         pass
     if sfm_from_model is None:
@@ -249,14 +253,46 @@ def evaluate(recon_out_dir: Path, gt_dir: Path, *, n_samples: int = DEFAULT_SAMP
     d_gt = distances_to_mesh(gt_pts, v_gt, faces)  # completeness: GT -> reconstructed surface
     scores, acc, comp = surface_scores(d_rec, d_gt, [f * diag for f in TAU_FRACTIONS])
     surface = [SurfaceScore(f, f * diag, p, r, fs) for f, (p, r, fs) in zip(TAU_FRACTIONS, scores, strict=True)]
+    planes = plane_scores(gt_dir, rec_pts, gt_pts, d_gt, diag)
     logger.info("evaluated %s against %s: F@1%% = %.3f, %d/%d photos", recon_out_dir, gt_dir.name, surface[0].fscore, len(est), len(gt_cams))
-    return EvalResult(**base, **cams, surface=surface, accuracy_mean_m=acc, completeness_mean_m=comp, mesh_note=note)
+    return EvalResult(**base, **cams, surface=surface, accuracy_mean_m=acc, completeness_mean_m=comp, mesh_note=note, planes=planes)
+
+
+def plane_scores(gt_dir: Path, rec_pts: np.ndarray, gt_pts: np.ndarray, d_gt: np.ndarray, diag: float) -> dict[str, dict[str, float]]:
+    """Flatness and completeness of each plane in ``gt/planes.json`` (see :attr:`EvalResult.planes`).
+
+    Reconstruction samples count for a plane when they lie over its rectangle (shrunk by 1 % of the
+    diagonal, away from its rim) and within 1 % of the diagonal of it (nearer objects are farther).
+    """
+    path = gt_dir / "gt" / "planes.json"
+    if not path.is_file():
+        return {}
+    out = {}
+    for name, plane in json.loads(path.read_text())["planes"].items():
+        point, normal = np.asarray(plane["point"], dtype=np.float64), np.asarray(plane["normal"], dtype=np.float64)
+        lo, hi = np.asarray(plane["min"]), np.asarray(plane["max"])
+        pad = np.where(np.abs(normal) > 0.5, 0.01 * diag, -0.01 * diag)  # planes are axis-aligned: thicker across, inset along
+        box_lo, box_hi = lo - pad, hi + pad
+        rec_over = np.all((rec_pts >= box_lo) & (rec_pts <= box_hi), axis=1)
+        gt_over = np.all((gt_pts >= box_lo) & (gt_pts <= box_hi), axis=1)
+        signed = (rec_pts - point) @ normal
+        near = rec_over & (np.abs(signed) < 0.01 * diag)
+        on_plane = gt_over & (np.abs((gt_pts - point) @ normal) < 1e-6)
+        rms = float(np.sqrt(np.mean(signed[near] ** 2))) if near.any() else float("nan")
+        recall = float((d_gt[on_plane] < 0.005 * diag).mean()) if on_plane.any() else float("nan")
+        out[name] = {"rms_m": rms, "rms_pct": 100 * rms / diag, "recall_05pct": recall, "samples": int(near.sum())}
+    return out
 
 
 def write(result: EvalResult, path: Path) -> Path:
     """Write ``result.to_dict()`` as JSON via a temporary name (``OUT/eval.json``)."""
+    return write_dict(result.to_dict(), path)
+
+
+def write_dict(data: dict[str, Any], path: Path) -> Path:
+    """Write ``data`` (what ``recon eval`` scored) as JSON via a temporary name."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
     return path

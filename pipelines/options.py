@@ -53,6 +53,8 @@ class SfmOptions:
     sequential_overlap: int = opt(12, "Neighbours matched per photo in sequential pairing.", min=2, max=100)
     min_registered_fraction: float = opt(0.5, "Fail when fewer than this fraction of the photos can be placed.", min=0.05, max=1.0)
     camera_model: Literal["SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"] = opt("SIMPLE_RADIAL", "COLMAP camera model estimated per device; SIMPLE_RADIAL (focal + one distortion term) suits phone photos.")
+    refine_principal_point: bool = opt(True, "After mapping, refine each camera's principal point where enough photos cover the image; kept only if the reprojection error drops.")
+    principal_point_min_photos: int = opt(8, "Photos of one camera needed before its principal point is refined.", min=3, max=1000)
 
 
 @dataclass(frozen=True)

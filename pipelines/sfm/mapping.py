@@ -14,7 +14,7 @@ import logging
 import math
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ from pipelines.files import atomic_dir
 from pipelines.options import SfmOptions
 from pipelines.progress import CancelToken, StageProgress
 from pipelines.sfm.colmap import NOT_PLACED_ADVICE, colmap_cancellable, route_colmap_log
+from pipelines.sfm.intrinsics import refine_intrinsics
 from pipelines.sfm.matching import MatchesResult
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class SparseResult:
     mean_track_length: float
     """Mean number of photos that see each 3D point."""
     mapper: str
+    intrinsics: dict[str, Any] = field(default_factory=dict)
+    """Per camera: whether its principal point was refined and why (:mod:`pipelines.sfm.intrinsics`)."""
 
     def load(self) -> pycolmap.Reconstruction:
         """Read the model (a fresh ``pycolmap.Reconstruction`` each call)."""
@@ -64,6 +67,7 @@ class SparseResult:
             "points3d": self.num_points3d,
             "mean_reprojection_error_px": round(self.mean_reprojection_error_px, 4),
             "mean_track_length": round(self.mean_track_length, 3),
+            "intrinsics": self.intrinsics,
         }
 
 
@@ -96,6 +100,9 @@ def reconstruct_sparse(
         missing = ", ".join(unregistered[:12]) + (f" and {len(unregistered) - 12} more" if len(unregistered) > 12 else "")
         raise ReconstructionFailed("sparse", f"only {len(registered)} of {total} photos could be placed: {NOT_PLACED_ADVICE}. Not placed: {missing}")
 
+    progress(0.93, "refining the principal points")
+    best, intrinsics = refine_intrinsics(best, options)
+    cancel.check()
     progress(0.97, "writing the sparse model")
     with atomic_dir(sparse_dir) as partial:
         best.write_binary(str(partial))
@@ -108,6 +115,7 @@ def reconstruct_sparse(
         mean_reprojection_error_px=float(best.compute_mean_reprojection_error()),
         mean_track_length=float(best.compute_mean_track_length()) if best.num_points3D() else 0.0,
         mapper=options.mapper,
+        intrinsics=intrinsics.summary(),
     )
 
 

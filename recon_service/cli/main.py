@@ -2,7 +2,7 @@
 
     recon run PHOTOS_DIR --out OUT [--preset preview|balanced|high] [--option KEY=VALUE ...]
               [--<stage>.<field> VALUE ...] [--json]
-    recon eval OUT --gt SCENE_DIR_OR_NAME [--json]      # also writes OUT/eval.json
+    recon eval OUT [--gt SCENE_DIR_OR_NAME] [--photometric] [--held-out-from FULL_OUT] [--json]   # writes OUT/eval.json
     recon fixtures list | recon fixtures make NAME [--out DIR]
     recon options [--json]
     recon serve
@@ -79,9 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print report.json instead of the summary table")
     _add_option_flags(run)
 
-    ev = sub.add_parser("eval", help="score a run against a fixture's ground truth", description="Score the run folder OUT against a fixture scene; writes OUT/eval.json.")
+    ev = sub.add_parser(
+        "eval", help="score a run: against a fixture's ground truth, or by rendering it from the photos' cameras",
+        description="Score the run folder OUT; writes OUT/eval.json. --gt needs a fixture scene; --photometric and --held-out-from need no ground truth.",
+    )  # fmt: skip
     ev.add_argument("out", type=Path, metavar="OUT")
-    ev.add_argument("--gt", required=True, metavar="SCENE_DIR", help="fixture scene folder, or a scene name (see `recon fixtures list`)")
+    ev.add_argument("--gt", metavar="SCENE_DIR", help="fixture scene folder, or a scene name (see `recon fixtures list`)")
+    ev.add_argument("--photometric", action="store_true", help="render the textured model from every registered camera: PSNR, SSIM and coverage against the photos")
+    ev.add_argument("--held-out-from", type=Path, metavar="FULL_OUT",
+                    help="OUT was run without some photos: render them at their poses from FULL_OUT (a run on all photos) and score them")  # fmt: skip
     ev.add_argument("--json", action="store_true", help="print eval.json instead of the table")
 
     fx = sub.add_parser("fixtures", help="list or render fixture scenes with ground truth")
@@ -160,20 +166,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from fixtures.scenes import SCENES, make_scene
-    from pipelines import evaluate
+    from pipelines import evaluate, photometric
 
     if not args.out.is_dir():
         raise UsageError(f"run folder {args.out} does not exist")
-    gt = Path(args.gt)
-    if not gt.is_dir():
-        if args.gt not in SCENES:
-            raise UsageError(f"--gt {args.gt!r} is neither a scene folder nor a scene name ({', '.join(SCENES)})")
-        gt = make_scene(args.gt)
-    if not (gt / "gt" / "cameras.json").is_file():
-        raise UsageError(f"{gt} is not a fixture scene (no gt/cameras.json)")
-    result = evaluate.evaluate(args.out, gt)
-    evaluate.write(result, args.out / "eval.json")
-    print(json.dumps(result.to_dict(), indent=2) if args.json else eval_summary(result.to_dict()))
+    if args.gt is None and not args.photometric and args.held_out_from is None:
+        raise UsageError("say what to score: --gt SCENE (a fixture's ground truth), --photometric (renderings against the photos) or --held-out-from FULL_OUT")
+    if args.held_out_from is not None and not args.held_out_from.is_dir():
+        raise UsageError(f"--held-out-from: run folder {args.held_out_from} does not exist")
+    data: dict[str, object] = {}
+    if args.gt is not None:
+        gt = Path(args.gt)
+        if not gt.is_dir():
+            if args.gt not in SCENES:
+                raise UsageError(f"--gt {args.gt!r} is neither a scene folder nor a scene name ({', '.join(SCENES)})")
+            gt = make_scene(args.gt)
+        if not (gt / "gt" / "cameras.json").is_file():
+            raise UsageError(f"{gt} is not a fixture scene (no gt/cameras.json)")
+        data = evaluate.evaluate(args.out, gt).to_dict()
+    if args.photometric:
+        data["photometric"] = photometric.score_fit(args.out).to_dict()
+    if args.held_out_from is not None:
+        data["held_out"] = photometric.score_held_out(args.out, args.held_out_from).to_dict()
+    evaluate.write_dict(data, args.out / "eval.json")
+    print(json.dumps(data, indent=2) if args.json else eval_summary(data))
     return EXIT_OK
 
 

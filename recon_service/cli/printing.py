@@ -86,7 +86,21 @@ def run_summary(report: dict[str, Any], out_dir: Path) -> str:
 
 
 def eval_summary(result: dict[str, Any]) -> str:
-    """The table ``recon eval`` prints, from ``EvalResult.to_dict()``."""
+    """The table ``recon eval`` prints: ground-truth scores (``EvalResult.to_dict()``) and/or photometric ones."""
+    rows = []
+    for key, label in (("photometric", "Rendered vs photos"), ("held_out", "Held-out photos")):
+        if key in result:
+            p = result[key]
+            if p["psnr_db_median"] is None:
+                rows.append((label, f"{p['photos']} photos, none with enough coverage to score"))
+            else:
+                rows.append((label, f"{p['photos']} photos: PSNR {p['psnr_db_median']:.2f} dB, SSIM {p['ssim_median']:.3f}, coverage {p['coverage_median']:.1%} (medians)"))
+    if "photos_missing" not in result:
+        return table(rows)
+    return _gt_summary(result) + ("\n" + table(rows) if rows else "")
+
+
+def _gt_summary(result: dict[str, Any]) -> str:
     missing = ", ".join(result["photos_missing"]) or "none"
     rows = [("Photos placed", f"{result['photos_registered']} / {result['photos_total']} (missing: {missing})")]
     if not result["aligned"]:
@@ -100,5 +114,7 @@ def eval_summary(result: dict[str, Any]) -> str:
         rows.append((f"Surface @{100 * s['tau_fraction']:g}% ({mm.format(1000 * s['tau_m'])})", f"precision {s['precision']:.3f}  recall {s['recall']:.3f}  F {s['fscore']:.3f}"))
     if result["accuracy_mean_m"] is not None:
         rows.append(("Accuracy / completeness", f"mean {mm.format(1000 * result['accuracy_mean_m'])} / {mm.format(1000 * result['completeness_mean_m'])}"))
+    for name, plane in result.get("planes", {}).items():
+        rows.append((f"Plane {name}", f"RMS {mm.format(1000 * plane['rms_m'])} ({plane['rms_pct']:.3f} %), recall @0.5% {plane['recall_05pct']:.3f}"))
     rows.append(("Note", result["mesh_note"]))
     return table(rows)

@@ -8,6 +8,7 @@ Y-up and centred, and a report that agrees with the artifacts.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,48 @@ def test_a_failed_texture_bake_completes_with_vertex_colours_and_says_so(tmp_pat
     assert json.loads(result.report_path.read_text())["warnings"] == result.warnings
     mesh = trimesh.load(result.model_path, force="mesh")
     assert mesh.visual.kind == "vertex" and len(mesh.faces) > 1000
+
+
+def test_the_model_rendered_from_the_cameras_matches_the_photos_and_a_wrong_pose_scores_worse(run_dir: Path) -> None:
+    """The metric that needs no ground truth: PSNR/SSIM of renderings against the photos, and that it can fail."""
+    from pipelines import photometric
+    from pipelines.views import ColmapView, load_views
+
+    done = subprocess.run([RECON, "eval", str(run_dir), "--photometric", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    score = json.loads(done.stdout)["photometric"]
+    assert score["mode"] == "fit" and score["photos"] == 12
+    assert score["psnr_db_median"] > 24 and score["ssim_median"] > 0.75 and 0.5 < score["coverage_median"] < 1.0
+    assert json.loads((run_dir / "eval.json").read_text())["photometric"] == score
+
+    model = photometric.load_model(run_dir)
+    view = load_views(run_dir / "sparse", "eval")[0]
+    a = math.radians(1.0)  # turn the camera by 1 degree about its vertical axis
+    turn = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    moved = ColmapView(view.name, view.camera, turn @ view.R, turn @ view.t, view.width, view.height)
+    right = photometric.score_view(model, view, run_dir / "work" / "images" / view.name)
+    wrong = photometric.score_view(model, moved, run_dir / "work" / "images" / view.name)
+    assert wrong.psnr_db < right.psnr_db - 3 and wrong.ssim < right.ssim - 0.1
+
+
+def test_held_out_photos_are_scored_at_their_poses_from_the_full_run(run_dir: Path, tmp_path: Path) -> None:
+    """A run without two photos, scored on those two at the poses the full run found for them."""
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    left_out = ["photo_003.jpg", "photo_009.jpg"]
+    for photo in sorted((SCENE / "images").iterdir()):
+        if photo.name not in left_out:
+            (subset / photo.name).write_bytes(photo.read_bytes())
+    out = tmp_path / "held_out"
+    smaller = ["--texture.texture_size", "1024", "--mesh.poisson_depth", "8"]  # balanced matching (preview places too few of 10 photos), a quicker surface
+    done = subprocess.run([RECON, "run", str(subset), "--out", str(out), "--preset", "balanced", *smaller], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([RECON, "eval", str(out), "--held-out-from", str(run_dir), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    score = json.loads(done.stdout)["held_out"]
+    assert [v["name"] for v in score["per_photo"]] == left_out
+    assert score["psnr_db_median"] > 20 and score["ssim_median"] > 0.6 and score["coverage_median"] > 0.5
+    same = subprocess.run([RECON, "eval", str(run_dir), "--held-out-from", str(run_dir)], capture_output=True, text=True, timeout=300)
+    assert same.returncode == 3 and "nothing was held out" in same.stderr
+    nothing = subprocess.run([RECON, "eval", str(run_dir)], capture_output=True, text=True, timeout=60)
+    assert nothing.returncode == 2 and "--photometric" in nothing.stderr

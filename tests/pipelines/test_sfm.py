@@ -271,3 +271,30 @@ def test_spatial_pairs_join_gps_neighbours_only() -> None:
 
     assert ("p0.jpg", "p1.jpg") in pairs and ("p0.jpg", "p2.jpg") in pairs and ("p0.jpg", "p5.jpg") not in pairs
     assert not any("far.jpg" in p for p in pairs)
+
+
+def test_principal_point_is_refined_where_the_photos_pin_it_and_the_cameras_turn_closer_to_the_truth(tmp_path: Path) -> None:
+    """hard_small's lens sits 7.5 px off-centre with k1 = +0.05: holding the principal point at the centre
+    turns every camera; refining it after mapping lowers the reprojection and rotation errors, and says so."""
+    from pipelines.evaluate import evaluate
+
+    scene = make_scene("hard_small")
+    ing = ingest.run(scene / "images", tmp_path / "images", IngestOptions(), no_progress, CancelToken())
+    feats = sfm.extract_features(ing, tmp_path / "sfm", OPTIONS, no_progress, CancelToken())
+    matches = sfm.match_features(feats, OPTIONS, no_progress, CancelToken())
+    results, rotation = {}, {}
+    for name, options in {"fixed": dataclasses.replace(OPTIONS, refine_principal_point=False), "refined": OPTIONS,
+                          "too_few": dataclasses.replace(OPTIONS, principal_point_min_photos=100)}.items():  # fmt: skip
+        results[name] = sfm.reconstruct_sparse(matches, tmp_path / name / "sparse", options, no_progress, CancelToken())
+        rotation[name] = evaluate(tmp_path / name, scene).rotation_error_median_deg
+    camera = results["refined"].intrinsics["cameras"][0]
+    assert camera["principal_point_refined"] and camera["reason"].startswith("refined")
+    truth = load_cameras(scene)[0].K
+    before, after = np.array(camera["params_before"][1:3]), np.array(camera["params_after"][1:3])
+    assert np.linalg.norm(after - truth[:2, 2]) < 0.6 * np.linalg.norm(before - truth[:2, 2])  # moved most of the way to the truth
+    assert results["refined"].intrinsics["reprojection_error_after_px"] < results["refined"].intrinsics["reprojection_error_before_px"]
+    assert rotation["refined"] < 0.8 * rotation["fixed"]
+    for name, says in (("fixed", "refinement is off"), ("too_few", "12 photos of this camera, 100 needed")):
+        kept = results[name].intrinsics["cameras"][0]
+        assert not kept["principal_point_refined"] and says in kept["reason"] and kept["params_after"][1:3] == [320.0, 240.0]
+    assert rotation["too_few"] == pytest.approx(rotation["fixed"], abs=0.05)
