@@ -100,7 +100,7 @@ def reconstruct_sparse(
         missing = ", ".join(unregistered[:12]) + (f" and {len(unregistered) - 12} more" if len(unregistered) > 12 else "")
         raise ReconstructionFailed("sparse", f"only {len(registered)} of {total} photos could be placed: {NOT_PLACED_ADVICE}. Not placed: {missing}")
 
-    progress(0.93, "refining the principal points")
+    progress(0.955, "refining the principal points")  # after the mapper's 0.05..0.95
     best, intrinsics = refine_intrinsics(best, options)
     cancel.check()
     progress(0.97, "writing the sparse model")
