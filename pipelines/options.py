@@ -68,6 +68,8 @@ class DenseOptions:
     window_radius: int = opt(3, "Half-size of the square window compared between views (px at the working size).", min=1, max=10)
     min_ncc: float = opt(0.3, "Lowest photo-consistency (normalised cross-correlation, -1..1) a depth pixel may have.", min=-1.0, max=1.0)
     min_consistent_views: int = opt(2, "Other views whose depth maps must agree with a depth pixel for it to be kept.", min=1, max=16)
+    plane_fit_radius: int = opt(5, "Half-size (px) of the window over which each depth map is regressed onto local slanted planes before fusion; 0 = off.", min=0, max=10)
+    plane_fit_max_residual: float = opt(0.01, "Largest RMS residual of a kept local plane, relative to inverse depth; windows across depth edges fit worse and keep their depths.", min=0.0005, max=0.1)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,10 @@ class SweepSettings:
     """ZNCC window half-size at the working resolution (px); the window is 2r+1 square."""
     min_ncc: float
     """Pixels whose aggregated ZNCC stays below this get no depth."""
+    plane_fit_radius: int = 0
+    """Window half-size (px) of the local slanted-plane regression after the sweep (:mod:`pipelines.dense.planes`); 0 = none."""
+    plane_fit_max_residual: float = 0.01
+    """Largest RMS residual of a kept local plane, relative to inverse depth."""
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:

@@ -336,3 +336,43 @@ def test_more_confirmations_than_source_views_is_an_invalid_option(gt_sparse: Sp
         dense.run(gt_sparse, tmp_path / "work", tmp_path / "points.ply", options, no_progress, CancelToken())
     assert info.value.key == "dense.min_consistent_views"
     assert not (tmp_path / "work").exists()
+
+
+def _slanted_plane_with_a_box(noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True depth of a slanted plane with a nearer box in front, a noisy copy with holes, and the box mask."""
+    h, w = 300, 400
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    truth = 1.0 / (0.4 + 0.0004 * u + 0.0002 * v)
+    box = (u > 200) & (u < 260) & (v > 100) & (v < 160)
+    truth[box] = 1.2
+    rng = np.random.default_rng(seed)
+    noisy = truth * (1 + rng.normal(0, noise, truth.shape))
+    noisy[rng.random(truth.shape) < 0.05] = 0.0
+    return truth, noisy.astype(np.float32), box
+
+
+def test_local_plane_regression_removes_depth_noise_on_a_slanted_plane_and_keeps_the_edge() -> None:
+    from scipy import ndimage
+
+    from pipelines.dense.planes import fit_local_planes
+
+    truth, noisy, box = _slanted_plane_with_a_box(0.003)
+    out, counts = fit_local_planes(noisy, 5, 0.01)
+    before = np.sqrt(np.mean(((noisy - truth) / truth)[noisy > 0] ** 2))
+    after = np.sqrt(np.mean(((out - truth) / truth)[out > 0] ** 2))
+    assert after < before / 3 and counts["fitted"] > 0.8 * (noisy > 0).sum()
+    rim = ndimage.binary_dilation(box, iterations=2) ^ ndimage.binary_erosion(box, iterations=2)
+    assert np.abs((out - truth) / truth)[rim & (out > 0)].max() < 0.015  # no depth smeared across the box's edge (a 15 % step)
+    assert (out[noisy == 0] == 0).all()  # holes stay holes
+    same, none = fit_local_planes(noisy, 0, 0.01)
+    assert np.array_equal(same, noisy) and none["fitted"] == 0
+
+
+def test_local_plane_regression_drops_a_wrong_winner_inside_a_good_plane() -> None:
+    from pipelines.dense.planes import fit_local_planes
+
+    truth, noisy, _ = _slanted_plane_with_a_box(0.002, seed=1)
+    noisy[noisy == 0] = truth[noisy == 0]  # no holes, so the window around the outlier is full
+    noisy[50, 50] *= 1.03  # a plane-sweep winner 3 % off, ten times the noise
+    out, counts = fit_local_planes(noisy, 5, 0.01)
+    assert out[50, 50] == 0 and counts["dropped"] >= 1
