@@ -1,7 +1,7 @@
 """Quality on hard scenes and real photos, before and after → sections of bench/results.md.
 
 Hard fixtures (``bench-quality``): each scene runs twice with the balanced preset, "before" with
-``sfm.refine_principal_point=false`` and ``dense.plane_fit_radius=0`` (the pipeline as it was until
+``sfm.refine_principal_point=false``, ``dense.plane_fit_radius=0`` and ``dense.edge_trim_px=0`` (the pipeline as it was until
 2026-12-01) and "after" with today's defaults, and is scored against its
 ground truth (camera errors, F-score, the wall's flatness) and without it (``recon eval
 --photometric``). Real photos (``bench-real``): the sets prepared under ``.cache/real/`` by
@@ -31,8 +31,8 @@ from fixtures.scenes import make_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 HOLD_OUT_EVERY = 8
-VARIANTS = {"before": ["--option", "sfm.refine_principal_point=false", "--option", "dense.plane_fit_radius=0"], "after": []}
-"""Before: the pipeline as it was until 2026-12-01 (principal point at the image centre, no local plane regression of depth)."""
+VARIANTS = {"before": ["--option", "sfm.refine_principal_point=false", "--option", "dense.plane_fit_radius=0", "--option", "dense.edge_trim_px=0"], "after": []}
+"""Before: the pipeline as it was until 2026-12-01 (principal point at the image centre, no local plane regression or edge trimming of depth)."""
 
 
 def _recon_run(images: Path, out: Path, extra: list[str], work: Path) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def _fmt(value: Any, spec: str = "") -> str:
 def hard_table(rows: list[dict[str, Any]], machine: str) -> str:
     lines = ["## Hard fixtures: before and after", "",
              f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine} with `python -m bench.quality` (balanced preset). "
-             "*Before*: `sfm.refine_principal_point=false dense.plane_fit_radius=0` (the pipeline until this day); *after*: today's defaults. "
+             "*Before*: `sfm.refine_principal_point=false dense.plane_fit_radius=0 dense.edge_trim_px=0` (the pipeline until this day); *after*: today's defaults. "
              "Rotation and centre errors after a similarity fitted to the camera centres; F at τ = 0.5 % of the crop diagonal; "
              "wall: RMS distance to the true plane (% of the diagonal) and the fraction of the wall reconstructed within 0.5 %; "
              "PSNR/SSIM/coverage: the textured model rendered from the registered cameras (fit) and, for held-out, from every 8th photo "

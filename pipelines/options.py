@@ -70,6 +70,7 @@ class DenseOptions:
     min_consistent_views: int = opt(2, "Other views whose depth maps must agree with a depth pixel for it to be kept.", min=1, max=16)
     plane_fit_radius: int = opt(5, "Half-size (px) of the window over which each depth map is regressed onto local slanted planes before fusion; 0 = off.", min=0, max=10)
     plane_fit_max_residual: float = opt(0.01, "Largest RMS residual of a kept local plane, relative to inverse depth; windows across depth edges fit worse and keep their depths.", min=0.0005, max=0.1)
+    edge_trim_px: int = opt(3, "Depth within this many px (working size) of a pixel without depth is dropped: matching windows carry a silhouette's nearer surface that far into the background (sky fringe on roof lines).", min=0, max=20)
 
 
 @dataclass(frozen=True)

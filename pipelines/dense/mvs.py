@@ -6,7 +6,7 @@ model, per-point RGB and unit normals facing the cameras):
 * ``cpu`` (:func:`_run_cpu`): undistort and downscale the images, pick source views by shared
   sparse points and triangulation angle, compute a depth map per view by a coarse-to-fine plane
   sweep with windowed ZNCC (:mod:`pipelines.dense.stereo`), regress it onto local slanted planes
-  where they fit (:mod:`pipelines.dense.planes`), keep depth that other views' maps
+  where they fit and trim it next to empty pixels (:mod:`pipelines.dense.planes`), keep depth that other views' maps
   confirm, fuse, voxel-downsample and remove outliers (:mod:`pipelines.dense.fusion`).
 * ``cuda`` (:func:`_run_colmap`): COLMAP's own ``undistort_images`` + ``patch_match_stereo`` +
   ``stereo_fusion``, where pycolmap was built with CUDA.
@@ -33,7 +33,7 @@ import numpy as np
 
 from pipelines.artifacts import SparseModel
 from pipelines.dense.fusion import ConsistencySettings, VoxelCloud, fuse_view, save_depth, write_point_cloud
-from pipelines.dense.planes import fit_local_planes
+from pipelines.dense.planes import fit_local_planes, trim_edges
 from pipelines.dense.stereo import OUTSIDE, StereoImage, SweepSettings, estimate_depth
 from pipelines.dense.views import PinholeView, ViewPlan, pixel_footprint, plan_views, prepare_views, write_views_json
 from pipelines.errors import InvalidOptions, ReconstructionFailed
@@ -227,7 +227,7 @@ def _run_cpu(
 
     depth_dir = work_dir / "depth"
     depth_dir.mkdir(exist_ok=True)
-    sweep = SweepSettings(options.num_planes, options.window_radius, options.min_ncc, options.plane_fit_radius, options.plane_fit_max_residual)
+    sweep = SweepSettings(options.num_planes, options.window_radius, options.min_ncc, options.plane_fit_radius, options.plane_fit_max_residual, options.edge_trim_px)
     started = time.monotonic()
     depth_stats = _depth_maps(views, plans, todo, depth_dir, sweep, progress, cancel)
     depth_seconds = time.monotonic() - started
@@ -291,6 +291,7 @@ def _depth_maps(
             ref, sources, plan.depth_min, plan.depth_max, sweep, cancel, lambda f: tracker.view(view.index, f)
         )
         depth, _ = fit_local_planes(depth, sweep.plane_fit_radius, sweep.plane_fit_max_residual)
+        depth = trim_edges(depth, sweep.edge_trim_px)
         save_depth(depth_dir / f"{view.index:05d}.npy", depth)
         tracker.finish(view.index)
         return view.index, int((depth > 0).sum()), time.monotonic() - t0

@@ -1,4 +1,4 @@
-"""Dense stage, part 2b: local slanted-plane regression of each depth map, keeping depth edges.
+"""Dense stage, part 2b: local slanted-plane regression of each depth map, keeping depth edges; edge trimming.
 
 A plane-sweep depth map of a weakly textured or slanted surface is a plane plus noise: every
 pixel's winner is picked alone, from a fronto-parallel window. In a pinhole camera a plane's
@@ -9,6 +9,10 @@ The fit is kept only where it explains the window: enough valid pixels (:data:`M
 an RMS residual within ``max_residual`` of the inverse depth. A window straddling a depth edge
 (an object in front of the wall) fits badly and keeps its original depths, so edges stay sharp;
 a pixel far off a good plane (a wrong winner) is dropped rather than smoothed toward it.
+
+:func:`trim_edges` then drops the depth next to pixels without depth: a matching window that
+straddles a silhouette carries the nearer surface into the background (a roof line "fattened" into
+the sky, which every photo then sees against the same sky and textures sky-blue).
 
 All window sums are box filters (OpenCV), so the cost is a few dozen passes over the image.
 Depth is camera z in model units, 0 = invalid (as :func:`pipelines.dense.stereo.estimate_depth` gives).
@@ -78,3 +82,13 @@ def fit_local_planes(depth: np.ndarray, radius: int, max_residual: float) -> tup
     out.flat[idx[wrong]] = 0.0
     counts = {"fitted": len(fit), "kept": int(valid.sum()) - len(fit) - int(wrong.sum()), "dropped": int(wrong.sum())}
     return out.astype(np.float32), counts
+
+
+def trim_edges(depth: np.ndarray, px: int) -> np.ndarray:
+    """``depth`` with every pixel within ``px`` (Chebyshev distance) of a pixel without depth set to 0."""
+    import cv2
+
+    if px <= 0:
+        return depth
+    inside = cv2.erode((depth > 0).astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    return np.where(inside.astype(bool), depth, 0.0).astype(np.float32)

@@ -76,6 +76,8 @@ class SweepSettings:
     """Window half-size (px) of the local slanted-plane regression after the sweep (:mod:`pipelines.dense.planes`); 0 = none."""
     plane_fit_max_residual: float = 0.01
     """Largest RMS residual of a kept local plane, relative to inverse depth."""
+    edge_trim_px: int = 0
+    """Depth within this many px of a pixel without depth is dropped (:func:`pipelines.dense.planes.trim_edges`)."""
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:

@@ -376,3 +376,15 @@ def test_local_plane_regression_drops_a_wrong_winner_inside_a_good_plane() -> No
     noisy[50, 50] *= 1.03  # a plane-sweep winner 3 % off, ten times the noise
     out, counts = fit_local_planes(noisy, 5, 0.01)
     assert out[50, 50] == 0 and counts["dropped"] >= 1
+
+
+def test_edge_trimming_drops_depth_next_to_empty_pixels_only() -> None:
+    from pipelines.dense.planes import trim_edges
+
+    depth = np.ones((40, 60), dtype=np.float32)
+    depth[:, 30:] = 0.0  # sky on the right: the nearer surface's last columns are suspect
+    depth[10, 5] = 0.0  # a one-pixel hole inside the surface
+    out = trim_edges(depth, 3)
+    assert (out[:, 27:] == 0).all() and (out[:, :27] > 0).sum() == 40 * 27 - 7 * 7  # 3 columns and the hole's 7x7 neighbourhood go
+    assert out[0, 0] == 1.0  # the image border is not an empty pixel
+    assert np.array_equal(trim_edges(depth, 0), depth)
