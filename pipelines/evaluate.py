@@ -171,22 +171,27 @@ def surface_scores(d_rec: np.ndarray, d_gt: np.ndarray, taus_m: list[float]) -> 
     return scores, float(d_rec.mean()), float(d_gt.mean())
 
 
+def sfm_from_model(recon_out_dir: Path) -> np.ndarray | None:
+    """The 4x4 that maps ``model.glb`` coordinates into the sparse frame, from ``report.json`` (None when absent)."""
+    try:
+        m = find_key(json.loads((recon_out_dir / "report.json").read_text()), "sfm_from_model")
+    except (OSError, ValueError):
+        return None
+    return None if m is None else np.asarray(m, dtype=np.float64)
+
+
 def _load_glb_in_sfm_frame(recon_out_dir: Path) -> tuple[np.ndarray, np.ndarray, str]:
     """Vertices (sparse frame) and faces of ``model.glb``, and where the transform came from."""
     import trimesh
 
     glb = recon_out_dir / "model.glb"
     mesh = trimesh.load(glb, force="mesh")
-    sfm_from_model = None
-    try:
-        sfm_from_model = find_key(json.loads((recon_out_dir / "report.json").read_text()), "sfm_from_model")
-    except (OSError, ValueError):
-        pass
-    if sfm_from_model is None:
+    transform = sfm_from_model(recon_out_dir)
+    if transform is None:
         logger.warning("report.json of %s has no sfm_from_model; assuming model.glb is in the sparse frame", recon_out_dir)
         m, note = np.eye(4), "sfm_from_model missing from report.json: identity assumed"
     else:
-        m, note = np.asarray(sfm_from_model, dtype=np.float64), "sfm_from_model from report.json"
+        m, note = transform, "sfm_from_model from report.json"
     v = np.asarray(mesh.vertices, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
     return v, np.asarray(mesh.faces, dtype=np.int64), note
 

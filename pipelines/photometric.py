@@ -19,7 +19,6 @@ Images are compared at most :data:`MAX_SIDE` px on their long side (area-average
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -90,7 +89,7 @@ def load_model(run_dir: Path) -> TexturedModel:
     import open3d as o3d
     import trimesh
 
-    from pipelines.evaluate import find_key
+    from pipelines.evaluate import sfm_from_model
 
     glb = run_dir / "model.glb"
     if not glb.is_file():
@@ -100,10 +99,9 @@ def load_model(run_dir: Path) -> TexturedModel:
     uv = getattr(mesh.visual, "uv", None)
     if image is None or uv is None:
         raise InvalidInput(f"{glb} has no texture (texture.enabled=false?); the photometric score needs a textured model")
-    m = find_key(json.loads((run_dir / "report.json").read_text()), "sfm_from_model") if (run_dir / "report.json").is_file() else None
+    m = sfm_from_model(run_dir)
     if m is None:
         raise InvalidInput(f"report.json of {run_dir} has no sfm_from_model; cannot place model.glb in the cameras' frame")
-    m = np.asarray(m, dtype=np.float64)
     vertices = np.asarray(mesh.vertices, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
     faces = np.asarray(mesh.faces, dtype=np.int64)
     scene = o3d.t.geometry.RaycastingScene()
