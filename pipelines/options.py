@@ -90,6 +90,7 @@ class TextureOptions:
 
     enabled: bool = opt(True, "Bake a texture from the photos; when false the model keeps vertex colours.")
     texture_size: int = opt(4096, "Side of the square texture atlas (px).", min=256, max=16384)
+    photo_consistency: bool = opt(True, "Per face, drop photos that disagree with the others on its colour (a passer-by, background at a silhouette); false: the best-facing photos colour it whatever they show.")
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,15 @@
 """Texturing (stage 6): a UV atlas and a texture baked from the photos.
 
 Every texel of the atlas (see :mod:`pipelines.texture.atlas`) knows its face and its 3D point. Each face
-ranks the photos that see it (in the image, not occluded by the mesh, facing the camera) by
-``cos^2 * focal / depth`` -- frontal and close views first -- and keeps up to ``MAX_BLEND_VIEWS``
-that score within ``BLEND_RATIO`` of the best. A texel's colour is the weighted mean of those
-photos' pixels at its projection (COLMAP's camera model, so lens distortion is honoured); the
-weights are interpolated from per-vertex values, so they change smoothly across face borders and
-seams between views fade instead of jumping. Per-photo RGB gains, fitted where two photos colour
-the same face, even out auto exposure and white balance. Texels no photo sees keep the mesh's vertex colours;
-empty atlas space is filled by push-pull so bilinear and mip-mapped lookups never fetch black.
+ranks the photos that see it and keeps those that agree on its colour (:mod:`pipelines.texture.select`:
+visibility, ``cos^2 * focal / depth``, a photo-consistency vote that drops occluders and background).
+A texel's colour is the weighted mean of those photos' pixels at its projection (COLMAP's camera
+model, so lens distortion is honoured); the weights are interpolated from per-vertex values, so they
+change smoothly across face borders and seams between views fade instead of jumping. Per-photo RGB
+gains, fitted where two photos colour the same face, even out auto exposure and white balance.
+Texels no photo sees take the colours of the seen surface around them (spread across mesh edges),
+else the mesh's vertex colours; empty atlas space is filled by push-pull so bilinear and mip-mapped
+lookups never fetch black.
 
 If baking is disabled or fails, the result keeps vertex colours and says why
 (``fallback_reason``); export then writes a vertex-coloured model.
@@ -30,18 +31,13 @@ from pipelines.geometry import face_areas, vertex_normals
 from pipelines.options import TextureOptions
 from pipelines.progress import CancelToken, StageProgress
 from pipelines.texture.atlas import build_atlas
-from pipelines.texture.blend import IMAGE_MARGIN, exposure_gains, push_pull_fill, sample_photo
+from pipelines.texture.blend import exposure_gains, fill_from_neighbours, push_pull_fill, sample_photo
 from pipelines.texture.raster import atlas_raycaster, rasterize
+from pipelines.texture.select import MAX_BLEND_VIEWS, face_colours, rank_views, vertex_weights, vote
 from pipelines.views import ColmapView, load_views
 
 logger = logging.getLogger(__name__)
 
-MAX_BLEND_VIEWS = 2
-"""Photos blended per face (more hides exposure seams better, and costs baking time)."""
-BLEND_RATIO = 0.6
-"""Views scoring below this fraction of a face's best view do not colour it."""
-MIN_VIEW_COSINE = 0.2
-"""Views seeing a face at more than ~78 deg from its normal are not used."""
 PADDING_TEXELS = 2
 """Free texels around each chart, filled by push-pull (bilinear and the first mip levels stay clean)."""
 TEXELS_PER_CHUNK = 1 << 21
@@ -74,6 +70,12 @@ class TextureResult:
     """Share of the atlas covered by chart rectangles (packing efficiency)."""
     exposure_gains: tuple[float, ...] = ()
     """Brightness factor applied to each photo (sorted by image name) to even out exposure."""
+    rejected_views: int = 0
+    """Face-photo pairs that saw a face but disagreed with the other photos on its colour (occluders, background)."""
+    voted_views: int = 0
+    """Face-photo pairs that took part in the photo-consistency vote."""
+    filled_fraction: float = 0.0
+    """Share of the surface area no photo sees that took its colour from the seen surface around it."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,9 @@ class TextureResult:
             "texel_size": self.texel_size,
             "atlas_fill": round(self.atlas_fill, 4),
             "exposure_gain_range": [min(self.exposure_gains), max(self.exposure_gains)] if self.exposure_gains else None,
+            "rejected_views": self.rejected_views,
+            "voted_views": self.voted_views,
+            "filled_fraction": round(self.filled_fraction, 4),
         }
 
 
@@ -105,7 +110,7 @@ def run(surface: Surface, sparse: SparseModel, work_dir: Path, options: TextureO
     if not options.enabled:
         return _write_untextured(work_dir, vertices, faces, colours, "texture.enabled is false")
     try:
-        return _bake(vertices, faces, colours, sparse, work_dir, options.texture_size, progress, cancel)
+        return _bake(vertices, faces, colours, sparse, work_dir, options, progress, cancel)
     except Cancelled:
         raise
     except Exception as exc:  # recorded, not silent: the model keeps vertex colours and says why
@@ -126,7 +131,8 @@ def _read_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vertices, np.asarray(mesh.triangles, dtype=np.int64), colours
 
 
-def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: SparseModel, work_dir: Path, size: int, progress: StageProgress, cancel: CancelToken) -> TextureResult:
+def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: SparseModel, work_dir: Path, options: TextureOptions, progress: StageProgress, cancel: CancelToken) -> TextureResult:
+    size = options.texture_size
     views = load_views(Path(sparse.sparse_dir), "texture")
     images = [_read_image(Path(sparse.images_dir) / v.name, v) for v in views]
     atlas = build_atlas(vertices, faces, size, PADDING_TEXELS)
@@ -134,10 +140,16 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
     cancel.check()
 
     scene = _raycaster(vertices, faces)
-    candidates, weights = _rank_views(vertices, faces, views, scene, cancel)
-    progress(0.25, "photos ranked per face")
-    vertex_weight = _vertex_weights(faces, len(vertices), candidates, weights, len(views))
-    gains = exposure_gains(vertices, faces, candidates, views, images)
+    order, score = rank_views(vertices, faces, views, scene, cancel)
+    progress(0.2, "photos ranked per face")
+    gains = exposure_gains(vertices, faces, order[:, :MAX_BLEND_VIEWS], views, images)
+    cancel.check()
+    colour, valid = face_colours(vertices, faces, order, views, images, gains)
+    chosen = vote(order, score, colour, valid, options.photo_consistency)
+    candidates = chosen.candidates
+    progress(0.25, f"photo-consistency vote: {chosen.rejected} of {chosen.voted} face views disagree")
+    vertex_weight = vertex_weights(faces, len(vertices), candidates, chosen.weights, len(views))
+    fill, reached = fill_from_neighbours(faces, len(vertices), chosen.colour, colours)
     cancel.check()
 
     flat = atlas_raycaster(atlas)
@@ -147,7 +159,7 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
     for start in range(0, total, TEXELS_PER_CHUNK):
         cancel.check()
         texel, face, bary = rasterize(flat, size, start, min(start + TEXELS_PER_CHUNK, total))
-        rgb = _bake_texels(face, bary, vertices, faces, colours, candidates, vertex_weight, views, images, gains)
+        rgb = _bake_texels(face, bary, vertices, faces, fill, candidates, vertex_weight, views, images, gains)
         atlas_rgb[texel] = np.clip(rgb * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
         known[texel] = True
         progress(0.3 + 0.6 * min(1.0, (start + TEXELS_PER_CHUNK) / total), "baking texture")
@@ -158,6 +170,7 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
 
     texture_path = write_png(work_dir / "texture.png", texture, compression=1)
     seen = candidates[:, 0] >= 0
+    filled = ~seen & reached[faces].any(axis=1)
     area = face_areas(vertices, faces)
     mesh_path = _write_npz(work_dir / "textured_mesh.npz", vertices[atlas.source], atlas.faces, vertex_normals(vertices, faces)[atlas.source], colours[atlas.source], atlas.uv_gl())
     result = TextureResult(
@@ -174,6 +187,9 @@ def _bake(vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, sparse: 
         texel_size=float(atlas.texel_size),
         atlas_fill=float(atlas.fill),
         exposure_gains=tuple(round(float(g), 4) for g in gains.mean(axis=1)),
+        rejected_views=chosen.rejected,
+        voted_views=chosen.voted,
+        filled_fraction=float(area[filled].sum() / max(area.sum(), 1e-30)),
     )
     logger.info("texture: %s", result.summary())
     progress(1.0, f"texture {size}x{size} baked from {result.views_used} photos")
@@ -232,59 +248,6 @@ def _raycaster(vertices: np.ndarray, faces: np.ndarray) -> Any:
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(vertices.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
     return scene
-
-
-def _rank_views(vertices: np.ndarray, faces: np.ndarray, views: list[ColmapView], scene: Any, cancel: CancelToken) -> tuple[np.ndarray, np.ndarray]:
-    """Per face, up to ``MAX_BLEND_VIEWS`` view indices (-1 = none) and their weights in 0..1.
-
-    A view sees a face when the face's centroid is inside its image, nothing of the mesh is in
-    between (ray cast), and it faces the camera within ``MIN_VIEW_COSINE``.
-    """
-    import open3d as o3d
-
-    centroid = vertices[faces].mean(axis=1)
-    normal = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
-    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-30)
-    # running top-K (K = MAX_BLEND_VIEWS) so memory stays O(faces), whatever the number of photos
-    top = np.zeros((len(faces), MAX_BLEND_VIEWS + 1), dtype=np.float32)
-    order = np.full((len(faces), MAX_BLEND_VIEWS + 1), -1, dtype=np.int64)
-    rows = np.arange(len(faces))[:, None]
-    for vi, view in enumerate(views):
-        cancel.check()
-        uv, depth = view.project(centroid)
-        idx = np.flatnonzero(view.in_image(uv, IMAGE_MARGIN) & (depth > 0))
-        d = centroid[idx] - view.center
-        dist = np.linalg.norm(d, axis=1)
-        d /= dist[:, None]
-        cos = np.abs(np.einsum("ij,ij->i", d, normal[idx]))  # winding-agnostic; occlusion decides the side
-        front = cos >= MIN_VIEW_COSINE
-        idx, d, dist, cos = idx[front], d[front], dist[front], cos[front]
-        rays = np.concatenate([np.broadcast_to(view.center, d.shape), d], axis=1).astype(np.float32)
-        t_hit = scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
-        visible = t_hit >= dist * (1.0 - 1e-3) - 1e-6
-        idx = idx[visible]
-        top[:, -1], order[:, -1] = 0.0, -1
-        top[idx, -1], order[idx, -1] = cos[visible] ** 2 * view.focal_px / depth[idx], vi
-        rank = np.argsort(-top, axis=1, kind="stable")
-        top, order = top[rows, rank], order[rows, rank]
-    top, order = top[:, :MAX_BLEND_VIEWS], order[:, :MAX_BLEND_VIEWS]
-    best = np.maximum(top[:, :1], 1e-30)
-    ratio = top / best
-    keep = (top > 0) & (ratio >= BLEND_RATIO)
-    candidates = np.where(keep, order, -1)
-    weights = np.where(keep, ratio**4, 0.0).astype(np.float32)
-    return candidates, weights
-
-
-def _vertex_weights(faces: np.ndarray, num_vertices: int, candidates: np.ndarray, weights: np.ndarray, num_views: int) -> np.ndarray:
-    """(views, V) mean over a vertex's faces of each view's face weight (0 where it is no candidate)."""
-    per_vertex = np.zeros((num_views, num_vertices), dtype=np.float32)
-    count = np.bincount(faces.reshape(-1), minlength=num_vertices).astype(np.float32)
-    for slot in range(candidates.shape[1]):
-        ok = candidates[:, slot] >= 0
-        for k in range(3):
-            np.add.at(per_vertex, (candidates[ok, slot], faces[ok, k]), weights[ok, slot])
-    return per_vertex / np.maximum(count, 1.0)[None, :]
 
 
 def _read_image(path: Path, view: ColmapView) -> np.ndarray:

@@ -116,3 +116,36 @@ def push_pull_fill(image: np.ndarray, known: np.ndarray) -> None:
         filled = c
     up = cv2.resize(np.clip(filled + 0.5, 0, 255).astype(np.uint8), (w, h), interpolation=cv2.INTER_LINEAR)
     np.copyto(image, up, where=~known[..., None])
+
+
+def fill_from_neighbours(faces: np.ndarray, num_vertices: int, face_colour: np.ndarray, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex colours (V, 3) for the faces no photo sees, taken from the seen surface around them.
+
+    Vertices of seen faces (``face_colour`` (F, 3) not NaN) get the mean colour of those faces; the
+    rest get, ring by ring across mesh edges, the mean of their already coloured neighbours, so a
+    hidden patch continues the colours at its border. Vertices that no seen face reaches (a piece
+    of mesh no photo sees at all) keep ``fallback`` (V, 3). Also returns which vertices got a photo's colour (V,).
+    """
+    seen = ~np.isnan(face_colour[:, 0])
+    total = np.zeros((num_vertices, 3))
+    count = np.zeros(num_vertices)
+    for k in range(3):
+        np.add.at(total, faces[seen, k], face_colour[seen])
+        count += np.bincount(faces[seen, k], minlength=num_vertices)
+    known = count > 0
+    colour = np.where(known[:, None], total / np.maximum(count, 1)[:, None], fallback)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = edges[known[edges[:, 0]] != known[edges[:, 1]]]  # only edges that can carry colour matter at first
+    while len(edges):
+        # orient each edge from its coloured end to its uncoloured end, then average per uncoloured vertex
+        src = np.where(known[edges[:, 0]], edges[:, 0], edges[:, 1])
+        dst = np.where(known[edges[:, 0]], edges[:, 1], edges[:, 0])
+        n = np.bincount(dst, minlength=num_vertices)
+        reached = n > 0
+        colour[reached] = np.stack([np.bincount(dst, colour[src, c], minlength=num_vertices)[reached] for c in range(3)], axis=1) / n[reached, None]
+        known |= reached
+        # the next ring: edges from the newly reached vertices to the still uncoloured ones
+        ring = reached[faces].any(axis=1)
+        edges = np.concatenate([faces[ring][:, [0, 1]], faces[ring][:, [1, 2]], faces[ring][:, [2, 0]]])
+        edges = edges[known[edges[:, 0]] != known[edges[:, 1]]]
+    return colour, known

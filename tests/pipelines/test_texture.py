@@ -74,6 +74,14 @@ def _error_against_photos(res: texture.TextureResult, scene: Path, rng: np.rando
     """Mean abs difference (0..1) between the texture at surface points inside the crop and the
     photo where the most frontal camera sees each point; and the same against shuffled photo
     colours (what a wrong texture would score)."""
+    _, baked, photo, frontal = _baked_and_photo(res, scene, rng)
+    error = float(np.abs(baked[frontal] - photo[frontal]).mean())
+    return error, float(np.abs(baked[frontal] - rng.permutation(photo[frontal])).mean())
+
+
+def _baked_and_photo(res: texture.TextureResult, scene: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Surface points inside the crop (N, 3), the texture's colour there (N, 3), the scene photo's colour
+    where the most frontal camera sees each point (N, 3), and whether that camera is frontal (N,)."""
     import open3d as o3d
 
     mesh, image = _load(res)
@@ -106,8 +114,7 @@ def _error_against_photos(res: texture.TextureResult, scene: Path, rng: np.rando
         best_cos[ok] = cos[ok]
     frontal = best_cos > 0.5
     assert frontal.mean() > 0.8
-    error = float(np.abs(baked[frontal] - photo[frontal]).mean())
-    return error, float(np.abs(baked[frontal] - rng.permutation(photo[frontal])).mean())
+    return points, baked, photo, frontal
 
 
 def test_baked_colours_match_the_photos_at_surface_points(result: texture.TextureResult, scene: Path) -> None:
@@ -132,6 +139,54 @@ def test_a_darker_photo_is_brightened_to_match_the_others(inputs: tuple[GtSurfac
     assert all(abs(g - 1.0) < 0.03 for name, g in gains.items() if name != dark.name), gains
     error, _ = _error_against_photos(res, scene, np.random.default_rng(0))
     assert error < 0.045, error
+
+
+def test_a_passer_by_in_one_photo_does_not_land_on_the_texture(inputs: tuple[GtSurface, GtSparse], scene: Path, tmp_path: Path) -> None:
+    """A magenta disc covers the middle of one photo (someone walked past): the other photos that see
+    those faces outvote it, so the texture there keeps the surface's colours. Measured: 0.8 % of those
+    points magenta with the vote, 4.3 % without; what is left are faces only one or two photos see,
+    where there is no majority."""
+    surface, sparse = inputs
+    images = tmp_path / "images"
+    shutil.copytree(sparse.images_dir, images)
+    cameras = groundtruth.load_cameras(scene)
+    cam = cameras[4]
+    photo = cv2.imread(str(images / cam.name))
+    centre, radius = (cam.width // 2, cam.height // 2), cam.height // 4
+    cv2.circle(photo, centre, radius, (255, 0, 255), -1)
+    cv2.imwrite(str(images / cam.name), photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    measured = {}
+    for vote in (True, False):
+        res = texture.run(surface, GtSparse(sparse.sparse_dir, images), tmp_path / f"work-{vote}", replace(OPTIONS, photo_consistency=vote), no_progress, CancelToken())
+        points, baked, truth, _ = _baked_and_photo(res, scene, np.random.default_rng(0))
+        pix, depth = cam.project(points)
+        under = (np.linalg.norm(pix - np.array(centre), axis=1) < radius - 3) & (depth > 0)
+        magenta = (baked[:, 0] > 0.7) & (baked[:, 1] < 0.3) & (baked[:, 2] > 0.7)
+        measured[vote] = (float(magenta[under].mean()), float(np.abs(baked[under] - truth[under]).mean()), res.summary()["rejected_views"])
+        assert under.sum() > 1000
+    print(f"magenta share, error, rejected face views under the disc: with the vote {measured[True]}, without {measured[False]}")
+    assert measured[True][0] < 0.01 and measured[True][1] < 0.1 and measured[True][2] > 0
+    assert measured[False][0] > 0.02 and measured[False][2] == 0  # without the vote the passer-by does land on the texture
+
+
+def test_faces_no_photo_sees_take_their_neighbours_colours(inputs: tuple[GtSurface, GtSparse], tmp_path: Path) -> None:
+    """The mesh's vertex colours are a wrong magenta; faces no photo sees (the ground under the objects)
+    get the colours of the seen surface around them instead of it."""
+    import open3d as o3d
+
+    surface, sparse = inputs
+    mesh = o3d.io.read_triangle_mesh(str(surface.mesh_path))
+    mesh.vertex_colors = o3d.utility.Vector3dVector(np.tile([1.0, 0.0, 1.0], (len(mesh.vertices), 1)))
+    painted = tmp_path / "magenta.ply"
+    o3d.io.write_triangle_mesh(str(painted), mesh)
+    res = texture.run(GtSurface(painted, surface.num_vertices, surface.num_faces), sparse, tmp_path / "work", OPTIONS, no_progress, CancelToken())
+    assert 0.0 < res.summary()["filled_fraction"] < 0.1
+    arrays, image = _load(res)
+    f, uv = arrays["faces"], arrays["uv"]
+    baked = sample_texture(image, uv[f].mean(axis=1))
+    magenta = (baked[:, 0] > 0.7) & (baked[:, 1] < 0.3) & (baked[:, 2] > 0.7)
+    print(f"magenta faces {magenta.mean():.5f}, filled {res.summary()['filled_fraction']}")
+    assert magenta.mean() < 1e-3
 
 
 def test_atlas_charts_do_not_overlap(result: texture.TextureResult) -> None:
