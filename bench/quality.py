@@ -1,15 +1,14 @@
 """Quality on hard scenes and real photos, before and after → sections of bench/results.md.
 
-Hard fixtures (``bench-quality``): each scene runs twice with the balanced preset, "before" with
-``sfm.refine_principal_point=false``, ``dense.plane_fit_radius=0`` and ``dense.edge_trim_px=0`` (the pipeline as it was until
-2026-12-01) and "after" with today's defaults, and is scored against its
-ground truth (camera errors, F-score, the wall's flatness) and without it (``recon eval
---photometric``). Real photos (``bench-real``): the sets prepared under ``.cache/real/`` by
-``python -m bench.real_photos prepare`` run once each and are scored without ground truth: the
-photos the run was given (fit) and, with ``--held-out``, every 8th photo left out of a second run.
+Each scene runs twice with the balanced preset: "before" with the options in ``VARIANTS`` (the pipeline
+as it was until 2026-12-01) and "after" with today's defaults. Hard fixtures (``bench-quality``) are
+scored against their ground truth (camera errors, F-score, the wall's flatness) and without it
+(``recon eval --photometric``). Real photos (``bench-real``): the sets prepared under ``.cache/real/``
+by ``python -m bench.real_photos prepare`` are scored without ground truth: the photos the run was
+given (fit) and every 8th photo left out of a second run (held-out; ``--no-held-out`` skips it).
 
-    python -m bench.quality                       # hard fixtures: hard, before and after (~10 min on 2 cores)
-    python -m bench.quality --real                # real photo sets (prepare them first)
+    python -m bench.quality                       # hard fixtures: hard, before and after (~5 min on 2 cores)
+    python -m bench.quality --real                # real photo sets (prepare them first; ~15 min)
 """
 
 from __future__ import annotations
@@ -94,28 +93,37 @@ def bench_hard(scene: str, work: Path, held_out: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _held_out(images: Path, full_out: Path, work: Path) -> dict[str, Any]:
+def _held_out(images: Path, full_out: Path, work: Path, extra: list[str] | None = None) -> dict[str, Any]:
     subset = work / f"{full_out.name}-subset"
     held_out_copy(images, subset)
     out = work / f"{full_out.name}-held-out"
-    run = _recon_run(subset, out, [], work)
+    run = _recon_run(subset, out, extra or [], work)
     if not run["ok"]:
         return {"held_out_error": run.get("error")}
     return _photometric(_eval(out, "--held-out-from", str(full_out)), "held_out")
 
 
-def bench_real(name: str, work: Path, held_out: bool) -> dict[str, Any]:
+def bench_real(name: str, work: Path, held_out: bool) -> list[dict[str, Any]]:
+    """Both variants on one prepared set, each with its own held-out run (the real sets' only out-of-sample score)."""
     images = REAL_ROOT / name / "images"
     if not images.is_dir():
-        return {"scene": name, "ok": False, "error": f"not prepared: python -m bench.real_photos prepare {name}"}
-    out = work / f"real-{name}"
-    row = {"scene": name, "photos": len(list(images.iterdir()))} | _recon_run(images, out, [], work)
-    if row["ok"]:
-        row |= _photometric(_eval(out, "--photometric"), "photometric")
-        if held_out:
-            row |= _held_out(images, out, work)
-    print(json.dumps(row), flush=True)
-    return row
+        return [{"scene": name, "variant": v, "ok": False, "error": f"not prepared: python -m bench.real_photos prepare {name}"} for v in VARIANTS]
+    rows = []
+    for variant, extra in VARIANTS.items():
+        out = work / f"real-{name}-{variant}"
+        row = {"scene": name, "variant": variant, "photos": len(list(images.iterdir()))} | _recon_run(images, out, extra, work)
+        if row["ok"]:
+            row |= _photometric(_eval(out, "--photometric"), "photometric")
+            if held_out:
+                row |= _held_out(images, out, work, extra)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _variant_text(variant: str) -> str:
+    """A variant's options as one would type them after ``--option``."""
+    return " ".join(VARIANTS[variant][1::2])
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -127,7 +135,7 @@ def _fmt(value: Any, spec: str = "") -> str:
 def hard_table(rows: list[dict[str, Any]], machine: str) -> str:
     lines = ["## Hard fixtures: before and after", "",
              f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine} with `python -m bench.quality` (balanced preset). "
-             "*Before*: `sfm.refine_principal_point=false dense.plane_fit_radius=0 dense.edge_trim_px=0` (the pipeline until this day); *after*: today's defaults. "
+             f"*Before*: `{_variant_text('before')}` (the pipeline until 2026-12-01); *after*: today's defaults. "
              "Rotation and centre errors after a similarity fitted to the camera centres; F at τ = 0.5 % of the crop diagonal; "
              "wall: RMS distance to the true plane (% of the diagonal) and the fraction of the wall reconstructed within 0.5 %; "
              "PSNR/SSIM/coverage: the textured model rendered from the registered cameras (fit) and, for held-out, from every 8th photo "
@@ -151,15 +159,16 @@ def real_table(rows: list[dict[str, Any]], machine: str) -> str:
     lines = ["## Real photos", "",
              f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine} with `python -m bench.quality --real` (balanced preset) on the sets "
              "`python -m bench.real_photos prepare` puts under `.cache/real/` (never committed). No ground truth: reprojection error, "
-             "and the textured model rendered from the registered cameras (fit) and from every 8th photo left out of a second run (held-out).", "",
-             "| set | photos | registered | principal point refined | reproj px | PSNR dB | SSIM | coverage | held-out PSNR | held-out SSIM | held-out coverage | time s | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "and the textured model rendered from the registered cameras (fit) and from every 8th photo left out of a second run (held-out). "
+             f"*Before*: `{_variant_text('before')}`; *after*: today's defaults; both variants run their own held-out run.", "",
+             "| set | variant | photos | registered | principal point refined | reproj px | PSNR dB | SSIM | coverage | held-out PSNR | held-out SSIM | held-out coverage | time s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         if not r.get("ok"):
-            lines.append(f"| {r['scene']} | {r.get('photos', '')} | failed: {r.get('error', '')} |" + " |" * 10)
+            lines.append(f"| {r['scene']} | {r['variant']} | {r.get('photos', '')} | failed: {r.get('error', '')} |" + " |" * 10)
             continue
         lines.append(
-            f"| {r['scene']} | {r['photos']} | {r['registered']} | {'yes' if r['pp_refined'] else 'no'} | {_fmt(r['reproj_px'], '.3f')} | "
+            f"| {r['scene']} | {r['variant']} | {r['photos']} | {r['registered']} | {'yes' if r['pp_refined'] else 'no'} | {_fmt(r['reproj_px'], '.3f')} | "
             f"{_fmt(r.get('photometric_psnr'), '.2f')} | {_fmt(r.get('photometric_ssim'), '.3f')} | {_fmt(r.get('photometric_coverage'), '.3f')} | "
             f"{_fmt(r.get('held_out_psnr'), '.2f')} | {_fmt(r.get('held_out_ssim'), '.3f')} | {_fmt(r.get('held_out_coverage'), '.3f')} | {r['wall_s']} | {r['peak_rss_mib']} |"
         )
@@ -176,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="recon-quality-"))
     machine = machine_description()
     if args.real:
-        rows = [bench_real(n, work, not args.no_held_out) for n in (args.scenes or list(SETS))]
+        rows = [r for n in (args.scenes or list(SETS)) for r in bench_real(n, work, not args.no_held_out)]
         replace_section(args.out, "bench-real", real_table(rows, machine))
     else:
         rows = [r for s in (args.scenes or ["hard"]) for r in bench_hard(s, work, not args.no_held_out)]

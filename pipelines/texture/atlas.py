@@ -27,6 +27,19 @@ AXES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0,
 MIN_AXIS_COSINE = 0.25
 """Label smoothing never gives a face an axis more than ~75 deg from its normal."""
 SMOOTHING_ROUNDS = 3
+SPLIT_ROUNDS = 4
+"""Rounds of splitting charts that overlap themselves (each round one cut per overlapping chart)."""
+PACK_TOLERANCE = 0.01
+"""The packed texel size is within 1 % of the smallest that fits."""
+ROUGH_PACK_TOLERANCE = 0.1
+"""Packing while charts are still being split only has to keep them apart."""
+MIN_LAYER_GAP_TEXELS = 3.0
+"""Overlapping faces closer than this along the axis (texels) are left alone: their colours hardly differ."""
+OVERLAP_STEP = 2
+MIN_OVERLAP_SAMPLES = 16
+"""A chart is cut only where it overlaps itself at this many check points (about 64 texels): cutting a
+slanted chart for a few folded faces would slice it along the contour of the cut."""
+"""Texel spacing of the overlap check (2: overlaps narrower than about 2 texels may go unseen)."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +79,33 @@ def build_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-30)
     neighbours = face_neighbours(faces, len(vertices))
     label = _smooth_labels(np.argmax(np.einsum("ij,kj->ik", normals, AXES), axis=1), normals, neighbours)
-    chart, num_charts = _charts(label, neighbours)
+    depth = np.einsum("ij,ij->i", vertices[faces].mean(axis=1), AXES[label])  # along each face's chart axis
+    group = label.copy()
+    check = np.ones(len(faces), dtype=bool)  # faces whose charts may overlap themselves
+    for _ in range(SPLIT_ROUNDS):
+        chart, num_charts = _charts(group, neighbours)
+        atlas = _layout(vertices, faces, label, chart, num_charts, size, padding, ROUGH_PACK_TOLERANCE)
+        cuts = _overlap_cuts(atlas, depth, np.unique(chart[check]))
+        if not cuts:
+            break
+        check = np.isin(chart, list(cuts))  # only the pieces of cut charts can overlap in the next round
+        # the pieces beyond each cut that hold a folded-over face become groups of their own
+        # (only those: a noisy floor is not sliced along the contour of the cut)
+        beyond = np.zeros(len(faces), dtype=bool)
+        seeds = []
+        for c, (threshold, seed) in cuts.items():
+            beyond |= (chart == c) & (depth > threshold)
+            seeds.append(seed)
+        piece, _ = _charts(np.where(beyond, chart, -1), neighbours)
+        moving = np.isin(piece, piece[np.concatenate(seeds)]) & beyond
+        group[moving] = group.max() + 1 + piece[moving]
+    else:
+        chart, num_charts = _charts(group, neighbours)
+    return _layout(vertices, faces, label, chart, num_charts, size, padding, PACK_TOLERANCE)
 
+
+def _layout(vertices: np.ndarray, faces: np.ndarray, label: np.ndarray, chart: np.ndarray, num_charts: int, size: int, padding: int, tolerance: float) -> Atlas:
+    """Project each chart on the plane of its axis, turn it to its principal axes and pack the atlas."""
     # Orthographic coordinates of every corner on its chart's plane, turned to principal axes.
     basis = np.array([_plane_basis(a) for a in AXES])  # (6, 2, 3)
     corner_chart = np.repeat(chart, 3)
@@ -85,7 +123,7 @@ def build_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int
     local = xy - lo[corner_chart]
     local[turn[corner_chart]] = local[turn[corner_chart]][:, ::-1]
 
-    texel_size, origin, fill = _pack(extent, size, padding)
+    texel_size, origin, fill = _pack(extent, size, padding, tolerance)
     texel_corner = local / texel_size + origin[corner_chart] + padding
 
     # Split vertices along chart borders: one atlas vertex per (mesh vertex, chart) pair.
@@ -101,6 +139,67 @@ def build_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int
         texel_size=texel_size,
         fill=fill,
     )
+
+
+def _overlap_cuts(atlas: Atlas, depth: np.ndarray, charts: np.ndarray) -> dict[int, tuple[float, np.ndarray]]:
+    """Per chart whose projection overlaps itself, a depth (along its axis) that separates the overlapping
+    faces, and the faces beyond it that overlap others.
+
+    An orthographic chart folds over itself where the surface is no height field along the axis (a head
+    in front of the wall it hangs on, joined through the neck): two faces then share texels and one shows
+    the other's colours. Texel centres every ``OVERLAP_STEP`` texels inside the boxes of ``charts`` are ray
+    cast through the flat atlas; where a ray meets two faces of one chart, the cut that lies between the
+    most such pairs splits it.
+    """
+    import open3d as o3d
+
+    # every face its own triangle at height = its depth in texels: coplanar triangles hit at one distance
+    # may be reported once, and a ray must see both layers of a fold
+    height = (depth - depth.min()) / atlas.texel_size
+    corners = np.concatenate([atlas.texel_xy[atlas.faces], np.repeat(height[:, None, None], 3, axis=1)], axis=2)
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(corners.reshape(-1, 3).astype(np.float32)), o3d.core.Tensor(np.arange(3 * len(depth), dtype=np.uint32).reshape(-1, 3)))
+    if len(charts) == atlas.num_charts:
+        grid = np.arange(OVERLAP_STEP / 2, atlas.size, OVERLAP_STEP, dtype=np.float32)
+        xs, ys = (a.ravel() for a in np.meshgrid(grid, grid))
+    else:  # the texel boxes of the given charts only
+        corners = atlas.texel_xy[atlas.faces]  # (F, 3, 2)
+        lo = np.full((atlas.num_charts, 2), np.inf)
+        hi = np.full((atlas.num_charts, 2), -np.inf)
+        np.minimum.at(lo, atlas.face_chart, corners.min(axis=1))
+        np.maximum.at(hi, atlas.face_chart, corners.max(axis=1))
+        boxes = [np.meshgrid(np.arange(lo[c, 0], hi[c, 0], OVERLAP_STEP), np.arange(lo[c, 1], hi[c, 1], OVERLAP_STEP)) for c in charts]
+        xs = np.concatenate([b[0].ravel() for b in boxes]).astype(np.float32) + OVERLAP_STEP / 2
+        ys = np.concatenate([b[1].ravel() for b in boxes]).astype(np.float32) + OVERLAP_STEP / 2
+    rays = np.zeros((len(xs), 6), dtype=np.float32)
+    rays[:, 0], rays[:, 1], rays[:, 2], rays[:, 5] = xs, ys, float(height.max()) + 1.0, -1.0
+    count = scene.count_intersections(o3d.core.Tensor(rays)).numpy()
+    many = rays[count > 1]
+    if len(many) == 0:
+        return {}
+    hits = scene.list_intersections(o3d.core.Tensor(many))
+    splits = hits["ray_splits"].numpy()
+    face = hits["primitive_ids"].numpy().astype(np.int64)
+    # per ray the nearest and farthest face (both of one chart: packed charts never share texels)
+    near = np.minimum.reduceat(depth[face], splits[:-1])
+    far = np.maximum.reduceat(depth[face], splits[:-1])
+    ray = np.repeat(np.arange(len(many)), np.diff(splits))
+    chart = atlas.face_chart[face[splits[:-1]]]
+    # layers closer than a few texels hardly differ in colour (and a ray through a shared edge meets two neighbours)
+    apart = far - near > MIN_LAYER_GAP_TEXELS * atlas.texel_size
+    cuts: dict[int, tuple[float, np.ndarray]] = {}
+    charts, samples = np.unique(chart[apart], return_counts=True)
+    for c in charts[samples >= MIN_OVERLAP_SAMPLES]:
+        rays_c = np.flatnonzero(apart & (chart == c))
+        sel = rays_c[:: max(1, len(rays_c) // 1000)]  # the best of at most ~1000 candidate cuts
+        lo, hi = near[sel], far[sel]
+        candidates = (lo + hi) / 2
+        separated = ((lo[None, :] < candidates[:, None]) & (candidates[:, None] < hi[None, :])).sum(axis=1)
+        threshold = float(candidates[np.argmax(separated)])
+        hit = np.isin(ray, rays_c)
+        seed = np.unique(face[hit][depth[face[hit]] > threshold])
+        cuts[int(c)] = (threshold, seed)
+    return cuts
 
 
 def _smooth_labels(label: np.ndarray, normals: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
@@ -161,43 +260,66 @@ def _to_principal_axes(xy: np.ndarray, chart: np.ndarray, num_charts: int) -> np
     return np.stack([c * xy[:, 0] + s * xy[:, 1], -s * xy[:, 0] + c * xy[:, 1]], axis=1)
 
 
-def _pack(extent: np.ndarray, size: int, padding: int) -> tuple[float, np.ndarray, float]:
-    """Shelf-pack chart rectangles (model units) at the smallest texel size that fits ``size``^2.
+def _pack(extent: np.ndarray, size: int, padding: int, tolerance: float) -> tuple[float, np.ndarray, float]:
+    """Shelf-pack chart rectangles (model units) at about the smallest texel size that fits ``size``^2.
 
     Returns the texel size (model units), each chart's top-left corner in texels (before its
-    padding), and the fraction of the atlas the padded rectangles cover.
+    padding), and the fraction of the atlas the padded rectangles cover. The texel size is found by
+    bisection to within ``tolerance`` (a fraction), from the area bound up.
     """
     area = float(np.sum((extent[:, 0] + 1e-12) * (extent[:, 1] + 1e-12)))
     usable = (size - 2 * padding) ** 2
-    texel = math.sqrt(area / usable) if area > 0 else 1.0
+    low = math.sqrt(area / usable) if area > 0 else 1.0
     order = np.argsort(-extent[:, 1], kind="stable")
-    for _ in range(60):
-        placed = _shelves(extent[order], texel, size, padding)
+    sorted_extent = extent[order]
+    high, placed = low, _shelves(sorted_extent, low, size, padding)
+    for _ in range(40):
         if placed is not None:
-            origin = np.empty((len(extent), 2))
-            origin[order] = placed
-            boxes = np.ceil(extent / texel) + 2 * padding + 1
-            return texel, origin, float(np.sum(boxes[:, 0] * boxes[:, 1]) / size**2)
-        texel *= 1.03
-    raise ValueError(f"{len(extent)} charts do not fit a {size}x{size} atlas; use a larger texture.texture_size")
+            break
+        low, high = high, high * 1.1
+        placed = _shelves(sorted_extent, high, size, padding)
+    if placed is None:
+        raise ValueError(f"{len(extent)} charts do not fit a {size}x{size} atlas; use a larger texture.texture_size")
+    best = (high, placed)
+    while best[0] > low * (1.0 + tolerance):
+        mid = math.sqrt(low * best[0])
+        trial = _shelves(sorted_extent, mid, size, padding)
+        if trial is None:
+            low = mid
+        else:
+            best = (mid, trial)
+    texel, placed = best
+    origin = np.empty((len(extent), 2))
+    origin[order] = placed
+    boxes = np.ceil(extent / texel) + 2 * padding + 1
+    return texel, origin, float(np.sum(boxes[:, 0] * boxes[:, 1]) / size**2)
 
 
 def _shelves(extent: np.ndarray, texel: float, size: int, padding: int) -> np.ndarray | None:
-    """Top-left corners (N, 2) of rectangles (sorted by falling height) in rows, or None if too tall."""
+    """Top-left corners (N, 2) of rectangles (sorted by falling height) on shelves, or None if they do not fit.
+
+    First fit decreasing height: each rectangle goes on the first shelf with room left in its row
+    (it is never taller than the shelf, which its first, tallest rectangle set), else opens a new
+    shelf below. A few large charts then no longer leave most of their rows empty.
+    """
     w = np.ceil(extent[:, 0] / texel) + 2 * padding + 1
     h = np.ceil(extent[:, 1] / texel) + 2 * padding + 1
     if np.any(w > size):
         return None
     out = np.empty((len(w), 2))
-    ends = np.cumsum(w)
-    start, y = 0, 0.0
-    while start < len(w):
-        before = ends[start - 1] if start else 0.0
-        stop = int(np.searchsorted(ends, before + size, side="right"))
-        out[start:stop, 0] = np.concatenate([[0.0], ends[start : stop - 1] - before])
-        out[start:stop, 1] = y
-        y += h[start]
-        if y > size:
-            return None
-        start = stop
+    room = np.empty(len(w))  # width left on each shelf
+    top = np.empty(len(w))  # y of each shelf
+    shelves, y = 0, 0.0
+    for i in range(len(w)):
+        fits = np.flatnonzero(room[:shelves] >= w[i])
+        if len(fits):
+            k = fits[0]
+        else:
+            if y + h[i] > size:
+                return None
+            k, shelves = shelves, shelves + 1
+            room[k], top[k] = size, y
+            y += h[i]
+        out[i] = (size - room[k], top[k])
+        room[k] -= w[i]
     return out

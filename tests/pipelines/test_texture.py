@@ -189,22 +189,68 @@ def test_faces_no_photo_sees_take_their_neighbours_colours(inputs: tuple[GtSurfa
     assert magenta.mean() < 1e-3
 
 
-def test_atlas_charts_do_not_overlap(result: texture.TextureResult) -> None:
+def _overlap_fraction(uv: np.ndarray, f: np.ndarray) -> float:
+    """Share of faces (with UV area) whose UV centre another face covers: they would show its texels."""
+    return float(np.mean(_overlapping(uv, f)))
+
+
+def _overlapping(uv: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Per face with UV area, whether another face covers its UV centre."""
     import open3d as o3d
 
-    mesh, _ = _load(result)
-    uv, f = mesh["uv"], mesh["faces"]
-    assert uv.min() >= 0.0 and uv.max() <= 1.0
-    flat = np.concatenate([uv, np.zeros((len(uv), 1))], axis=1).astype(np.float32)
+    # each face its own triangle at its own height: coplanar triangles at one distance may count once
+    lift = np.repeat(np.arange(len(f), dtype=np.float64)[:, None, None] / len(f), 3, axis=1)
+    corners = np.concatenate([uv[f], lift], axis=2).reshape(-1, 3).astype(np.float32)
     rc = o3d.t.geometry.RaycastingScene()
-    rc.add_triangles(o3d.core.Tensor(flat), o3d.core.Tensor(f.astype(np.uint32)))
+    rc.add_triangles(o3d.core.Tensor(corners), o3d.core.Tensor(np.arange(3 * len(f), dtype=np.uint32).reshape(-1, 3)))
     centre = uv[f].mean(axis=1)
-    rays = np.concatenate([centre, np.ones((len(f), 1)), np.zeros((len(f), 2)), -np.ones((len(f), 1))], axis=1).astype(np.float32)
-    hit = rc.cast_rays(o3d.core.Tensor(rays))["primitive_ids"].numpy().astype(np.int64)
+    rays = np.concatenate([centre, 2 * np.ones((len(f), 1)), np.zeros((len(f), 2)), -np.ones((len(f), 1))], axis=1).astype(np.float32)
+    count = rc.count_intersections(o3d.core.Tensor(rays)).numpy()
     e1, e2 = uv[f[:, 1]] - uv[f[:, 0]], uv[f[:, 2]] - uv[f[:, 0]]
     area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
     real = area > 1e-12
-    assert np.mean(hit[real] != np.arange(len(f))[real]) < 0.001
+    return count[real] > 1
+
+
+def test_atlas_charts_do_not_overlap(result: texture.TextureResult) -> None:
+    mesh, _ = _load(result)
+    uv, f = mesh["uv"], mesh["faces"]
+    assert uv.min() >= 0.0 and uv.max() <= 1.0
+    assert _overlap_fraction(uv, f) < 0.001
+
+
+def _wall_with_an_overhang(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """A wall (x = 0, y and z in 0..1, facing +x) and, hinged on its top edge, a flap leaning out over it
+    down to y = 0.5, x = 0.2: both face +x, are joined, and one hides the other seen along x."""
+    t = np.linspace(0.0, 1.0, n)
+    yy, zz = np.meshgrid(t, t, indexing="ij")
+    wall = np.stack([np.zeros_like(yy), yy, zz], axis=-1)
+    flap = np.stack([0.2 * (1 - yy), 1.0 - 0.5 * (1 - yy), zz], axis=-1)  # row 0 of the flap is its free edge
+    vertices = np.concatenate([wall.reshape(-1, 3), flap[:-1].reshape(-1, 3)])  # the flap's last row is the wall's top row
+    index = np.arange(n * n).reshape(n, n)
+    flap_index = np.concatenate([n * n + np.arange((n - 1) * n).reshape(n - 1, n), index[-1:]])
+    quads = []
+    for grid in (index, flap_index):
+        a, b, c, d = grid[:-1, :-1], grid[1:, :-1], grid[1:, 1:], grid[:-1, 1:]
+        quads += [np.stack([a, b, c], -1).reshape(-1, 3), np.stack([a, c, d], -1).reshape(-1, 3)]
+    return vertices, np.concatenate(quads)
+
+
+def test_a_chart_folding_over_itself_is_cut_in_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Projected along x, the flap lies over the wall behind it: one chart would give both the same texels
+    (the fox's head showing the wallpaper). The atlas cuts the chart where it folds."""
+    from pipelines.texture import atlas
+
+    vertices, faces = _wall_with_an_overhang()
+    built = atlas.build_atlas(vertices, faces, 512, 2)
+    overlapping = _overlapping(built.uv_gl(), built.faces)
+    assert built.num_charts >= 2 and overlapping.mean() < 0.03
+    # what still shares texels is the band along the hinge where flap and wall are closer than a few texels
+    gap = vertices[faces[overlapping]].mean(axis=1)[:, 0]
+    assert gap.max() < (atlas.MIN_LAYER_GAP_TEXELS + 1) * built.texel_size
+    monkeypatch.setattr(atlas, "SPLIT_ROUNDS", 0)
+    folded = atlas.build_atlas(vertices, faces, 512, 2)
+    assert folded.num_charts == 1 and _overlap_fraction(folded.uv_gl(), folded.faces) > 0.2  # what the cut prevents
 
 
 def test_chart_borders_are_padded_with_their_own_colours(result: texture.TextureResult) -> None:
