@@ -6,8 +6,11 @@ non-manifold vertices (Open3D documents it as requiring manifold input); UVAtlas
 mostly gently curved, so a simpler scheme does: every face is labelled with the one of six axis
 directions closest to its normal (labels smoothed so charts do not fragment), each connected
 group of same-label faces becomes a chart projected orthographically on the plane of its axis
-(normals within ~55 deg of the axis, so the projection does not fold and stretch stays below
-1.7), turned to its principal axes and packed into rows of the square atlas at one texel size.
+(normals within ~55 deg of the axis, so the projection does not fold locally and stretch stays below
+1.7), turned to its principal axes and packed on shelves of the square atlas at one texel size.
+A chart can still fold over itself as a whole (a head in front of the wall it hangs on, joined through
+the neck, both facing the axis): ray casting the packed atlas finds texels two of its faces share, and
+the chart is cut between the two layers (``SPLIT_ROUNDS``).
 
 Texel coordinates: x to the right and y down from the atlas' top-left corner, in texels, so texel
 (row r, column c) covers [c, c + 1] x [r, r + 1]. :meth:`Atlas.uv_gl` gives the OpenGL/trimesh
@@ -36,6 +39,8 @@ ROUGH_PACK_TOLERANCE = 0.1
 MIN_LAYER_GAP_TEXELS = 3.0
 """Overlapping faces closer than this along the axis (texels) are left alone: their colours hardly differ."""
 OVERLAP_STEP = 2
+GROW_RINGS = 4
+"""Rings of faces beyond a cut that move with the folded-over faces found by the check."""
 MIN_OVERLAP_SAMPLES = 16
 """A chart is cut only where it overlaps itself at this many check points (about 64 texels): cutting a
 slanted chart for a few folded faces would slice it along the contour of the cut."""
@@ -89,15 +94,16 @@ def build_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int
         if not cuts:
             break
         check = np.isin(chart, list(cuts))  # only the pieces of cut charts can overlap in the next round
-        # the pieces beyond each cut that hold a folded-over face become groups of their own
-        # (only those: a noisy floor is not sliced along the contour of the cut)
+        # the folded-over faces beyond each cut, grown by a few rings across the faces beyond it, become
+        # groups of their own (only those: a slanted floor with a few folds is not sliced along the cut)
         beyond = np.zeros(len(faces), dtype=bool)
-        seeds = []
+        moving = np.zeros(len(faces), dtype=bool)
         for c, (threshold, seed) in cuts.items():
             beyond |= (chart == c) & (depth > threshold)
-            seeds.append(seed)
-        piece, _ = _charts(np.where(beyond, chart, -1), neighbours)
-        moving = np.isin(piece, piece[np.concatenate(seeds)]) & beyond
+            moving[seed] = True
+        for _ in range(GROW_RINGS):
+            moving |= beyond & np.any(np.where(neighbours >= 0, moving[np.maximum(neighbours, 0)], False), axis=1)
+        piece, _ = _charts(np.where(moving, chart, -1), neighbours)
         group[moving] = group.max() + 1 + piece[moving]
     else:
         chart, num_charts = _charts(group, neighbours)
