@@ -1,8 +1,9 @@
 """A fast UV atlas for scanned meshes: orthographic charts by normal direction, shelf-packed.
 
-Open3D's UVAtlas and xatlas take 100-200 s on the 200k-face meshes of a balanced job on 2 CPU cores
-(``python -m bench.atlas``, 2026-12-01; the atlas here takes about 1 s) and UVAtlas may refuse meshes with
-non-manifold vertices (Open3D documents it as requiring manifold input); UVAtlas's seams are 3-6x shorter, which is what this atlas gives up. Scanned surfaces are
+Open3D's UVAtlas and xatlas take 90-160 s on the 200k-face meshes of a balanced job on 2 CPU cores
+(``python -m bench.atlas``, 2026-12-01; the atlas here takes 3-4 s, most of it the fold check) and UVAtlas
+may refuse meshes with non-manifold vertices (Open3D documents it as requiring manifold input);
+UVAtlas's seams are 3-7x shorter, which is what this atlas gives up. Scanned surfaces are
 mostly gently curved, so a simpler scheme does: every face is labelled with the one of six axis
 directions closest to its normal (labels smoothed so charts do not fragment), each connected
 group of same-label faces becomes a chart projected orthographically on the plane of its axis
