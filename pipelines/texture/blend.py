@@ -134,18 +134,17 @@ def fill_from_neighbours(faces: np.ndarray, num_vertices: int, face_colour: np.n
         count += np.bincount(faces[seen, k], minlength=num_vertices)
     known = count > 0
     colour = np.where(known[:, None], total / np.maximum(count, 1)[:, None], fallback)
-    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    edges = edges[known[edges[:, 0]] != known[edges[:, 1]]]  # only edges that can carry colour matter at first
-    while len(edges):
+    front = known.copy()  # the vertices coloured last; only their faces' edges can carry colour further
+    while True:
+        ring = faces[front[faces].any(axis=1)]
+        edges = np.concatenate([ring[:, [0, 1]], ring[:, [1, 2]], ring[:, [2, 0]]])
+        edges = edges[known[edges[:, 0]] != known[edges[:, 1]]]
+        if len(edges) == 0:
+            return colour, known
         # orient each edge from its coloured end to its uncoloured end, then average per uncoloured vertex
         src = np.where(known[edges[:, 0]], edges[:, 0], edges[:, 1])
         dst = np.where(known[edges[:, 0]], edges[:, 1], edges[:, 0])
         n = np.bincount(dst, minlength=num_vertices)
-        reached = n > 0
-        colour[reached] = np.stack([np.bincount(dst, colour[src, c], minlength=num_vertices)[reached] for c in range(3)], axis=1) / n[reached, None]
-        known |= reached
-        # the next ring: edges from the newly reached vertices to the still uncoloured ones
-        ring = reached[faces].any(axis=1)
-        edges = np.concatenate([faces[ring][:, [0, 1]], faces[ring][:, [1, 2]], faces[ring][:, [2, 0]]])
-        edges = edges[known[edges[:, 0]] != known[edges[:, 1]]]
-    return colour, known
+        front = n > 0
+        colour[front] = np.stack([np.bincount(dst, colour[src, c], minlength=num_vertices)[front] for c in range(3)], axis=1) / n[front, None]
+        known |= front
