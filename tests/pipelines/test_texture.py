@@ -253,6 +253,34 @@ def test_a_chart_folding_over_itself_is_cut_in_two(monkeypatch: pytest.MonkeyPat
     assert folded.num_charts == 1 and _overlap_fraction(folded.uv_gl(), folded.faces) > 0.2  # what the cut prevents
 
 
+def test_a_noisy_scan_gets_few_charts_none_folded_or_steeper_than_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sphere with radial noise of 0.2 edge lengths (face normals scattered like a scan's): labels by raw
+    normals break it into a thousand charts, each bordered by seams; smoothed normals and absorbed small
+    charts leave about one per axis, with no face flipped or projected steeper than ``ABSORB_MIN_COSINE``."""
+    import trimesh
+
+    from pipelines.texture import atlas
+
+    sphere = trimesh.creation.icosphere(subdivisions=5)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 0.2 * sphere.edges_unique_length.mean(), len(sphere.vertices))
+    vertices, faces = sphere.vertices * (1.0 + noise)[:, None], sphere.faces.astype(np.int64)
+    built = atlas.build_atlas(vertices, faces, 1024, 2)
+    assert built.num_charts <= 20
+    uv = built.texel_xy[built.faces] * built.texel_size  # model units, a rigid turn of each chart's projection
+    e1, e2 = uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0]
+    signed = 0.5 * (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    area = 0.5 * np.linalg.norm(np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]]), axis=1)
+    assert np.all(np.abs(signed) / area >= atlas.ABSORB_MIN_COSINE * 0.999)  # projected area = cos(normal, axis) x area
+    for c in range(built.num_charts):
+        side = np.sign(signed[built.face_chart == c])
+        assert np.all(side == side[0])  # no face flipped over within its chart
+    assert _overlap_fraction(built.uv_gl(), built.faces) < 0.001
+    monkeypatch.setattr(atlas, "NORMAL_SMOOTHING_ROUNDS", 0)
+    monkeypatch.setattr(atlas, "MIN_CHART_FACES", 0)
+    assert atlas.build_atlas(vertices, faces, 1024, 2).num_charts > 500  # what the two steps prevent
+
+
 def test_chart_borders_are_padded_with_their_own_colours(result: texture.TextureResult) -> None:
     """Texels just outside the charts repeat the chart colours, so filtering shows no dark seams."""
     mesh, image = _load(result)
