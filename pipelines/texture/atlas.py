@@ -1,14 +1,16 @@
 """A fast UV atlas for scanned meshes: orthographic charts by normal direction, shelf-packed.
 
 Open3D's UVAtlas and xatlas take 90-160 s on the 200k-face meshes of a balanced job on 2 CPU cores
-(``python -m bench.atlas``, 2026-12-01; the atlas here takes 3-4 s, most of it the fold check) and UVAtlas
+(``python -m bench.atlas``, 2026-12-01; the atlas here takes 4-7 s, most of it the fold check) and UVAtlas
 may refuse meshes with non-manifold vertices (Open3D documents it as requiring manifold input);
-UVAtlas's seams are 3-7x shorter, which is what this atlas gives up. Scanned surfaces are
+UVAtlas's seams are 2-3x shorter, which is what this atlas gives up. Scanned surfaces are
 mostly gently curved, so a simpler scheme does: every face is labelled with the one of six axis
-directions closest to its normal (labels smoothed so charts do not fragment), each connected
-group of same-label faces becomes a chart projected orthographically on the plane of its axis
-(normals within ~55 deg of the axis, so the projection does not fold locally and stretch stays below
-1.7), turned to its principal axes and packed on shelves of the square atlas at one texel size.
+directions closest to its normal smoothed over its neighbourhood (a scan's noisy normals would
+otherwise interleave labels), labels are smoothed and charts under ``MIN_CHART_FACES`` handed to
+larger neighbours (on real meshes this halved the seams), and each connected group of same-label
+faces becomes a chart projected orthographically on the plane of its axis (normals mostly within
+~55 deg of the axis, never beyond ~84 deg, so the projection does not fold locally), turned to its
+principal axes and packed on shelves of the square atlas at one texel size.
 A chart can still fold over itself as a whole (a head in front of the wall it hangs on, joined through
 the neck, both facing the axis): ray casting the packed atlas finds texels two of its faces share, and
 the chart is cut between the two layers (``SPLIT_ROUNDS``).
@@ -38,7 +40,7 @@ MIN_CHART_FACES = 100
 """Charts smaller than this give their faces to larger neighbouring charts where the axis allows."""
 ABSORB_MIN_COSINE = 0.1
 """A face of a small chart may join a neighbour's chart up to ~84 deg from its axis (stretch up to 10 across
-that one direction; measured on real meshes: a few % of the faces)."""
+that one direction; on the benchmark's real meshes 0.9-1.8 % of the faces end up beyond ~75 deg)."""
 ABSORB_ROUNDS = 12
 SPLIT_ROUNDS = 4
 """Rounds of splitting charts that overlap themselves (each round one cut per overlapping chart)."""
