@@ -6,9 +6,10 @@ xatlas (the ``xatlas`` package, when installed: ``pip install xatlas``; it is no
 the project). Measured: charts, seam length (total 3D length of the mesh edges cut by the atlas,
 as a multiple of the mesh's bounding-box diagonal), texel use (fraction of the square atlas covered
 by triangles) and seconds. Each atlas runs in its own process with a time limit, so one that takes
-too long is reported as such instead of stalling the benchmark.
+too long is reported as such instead of stalling the benchmark. ``--baseline REV`` adds the own atlas
+as it was at a git revision (its ``pipelines/texture/atlas.py``), for a before/after on the same meshes.
 
-    python -m bench.atlas RUN_DIR [RUN_DIR ...] [--size 4096] [--limit 600]
+    python -m bench.atlas RUN_DIR [RUN_DIR ...] [--size 4096] [--limit 600] [--baseline REV ...]
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import subprocess
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,22 @@ def _uv_own(v: np.ndarray, f: np.ndarray, size: int) -> np.ndarray:
     return atlas.texel_xy[atlas.faces] / size  # (F, 3, 2) in 0..1
 
 
+def _uv_own_at(source: str) -> Any:
+    """The own atlas from the file ``source`` (an older revision's atlas.py), as a method like :func:`_uv_own`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("atlas_baseline", source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+
+    def uv(v: np.ndarray, f: np.ndarray, size: int) -> np.ndarray:
+        atlas = module.build_atlas(v, f, size, 2)
+        return atlas.texel_xy[atlas.faces] / size
+
+    return uv
+
+
 def _uv_open3d(v: np.ndarray, f: np.ndarray, size: int) -> np.ndarray:
     import open3d as o3d
 
@@ -68,11 +87,12 @@ def _uv_xatlas(v: np.ndarray, f: np.ndarray, size: int) -> np.ndarray:
     return uvs[indices].astype(np.float64)  # xatlas keeps the face order
 
 
-def _worker(method: str, path: str, size: int, queue: Any) -> None:
+def _worker(method: str, path: str, size: int, queue: Any, baseline: str | None = None) -> None:
     try:
         v, f = _read_mesh(Path(path))
+        build = _uv_own_at(baseline) if baseline else {"own": _uv_own, "open3d_uvatlas": _uv_open3d, "xatlas": _uv_xatlas}[method]
         start = time.perf_counter()
-        uv = {"own": _uv_own, "open3d_uvatlas": _uv_open3d, "xatlas": _uv_xatlas}[method](v, f, size)
+        uv = build(v, f, size)
         seconds = time.perf_counter() - start
         queue.put({"ok": True, "seconds": round(seconds, 1)} | measure(v, f, uv, size))
     except Exception as exc:  # report any library failure as the result of that method
@@ -107,10 +127,10 @@ def measure(v: np.ndarray, f: np.ndarray, uv: np.ndarray, size: int) -> dict[str
     return {"faces": len(f), "charts": int(charts), "seam_length_diag": round(float(length[~same].sum()) / diag, 1), "texel_use": round(used, 3)}
 
 
-def run_one(method: str, mesh: Path, size: int, limit: float) -> dict[str, Any]:
+def run_one(method: str, mesh: Path, size: int, limit: float, baseline: str | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(method, str(mesh), size, queue))
+    proc = ctx.Process(target=_worker, args=(method, str(mesh), size, queue, baseline))
     proc.start()
     proc.join(limit)
     if proc.is_alive():
@@ -140,14 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--limit", type=float, default=600.0, help="seconds each atlas may take")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.md")
+    parser.add_argument("--baseline", metavar="REV", action="append", default=[], help="also measure the own atlas as it was at this git revision (repeatable)")
     args = parser.parse_args(argv)
-    rows = []
-    for run in args.runs:
-        mesh = run / "work" / "mesh" / "mesh.ply"
-        for method in METHODS:
-            row = {"mesh": run.name, "method": method} | run_one(method, mesh, args.size, args.limit)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+    methods: list[tuple[str, str | None]] = [(m, None) for m in METHODS]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, rev in enumerate(args.baseline):
+            source = Path(tmp) / f"atlas_{i}.py"
+            source.write_text(subprocess.run(["git", "show", f"{rev}:pipelines/texture/atlas.py"], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+            methods.insert(i, (f"own at {rev}", str(source)))
+        rows = []
+        for run in args.runs:
+            mesh = run / "work" / "mesh" / "mesh.ply"
+            for method, baseline in methods:
+                row = {"mesh": run.name, "method": method} | run_one(method, mesh, args.size, args.limit, baseline)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
     replace_section(args.out, "bench-atlas", table(rows, machine_description(), args.size))
     return 0
 

@@ -135,7 +135,7 @@ def _fmt(value: Any, spec: str = "") -> str:
 def hard_table(rows: list[dict[str, Any]], machine: str) -> str:
     lines = ["## Hard fixtures: before and after", "",
              f"Measured {datetime.now(UTC):%Y-%m-%d} on {machine} with `python -m bench.quality` (balanced preset). "
-             f"*Before*: `{_variant_text('before')}` (the pipeline until 2026-12-01 but for the atlas's fold cutting and packing and the colour of unseen faces, which have no switch); *after*: today's defaults. "
+             f"*Before*: `{_variant_text('before')}` (the pipeline until 2026-12-01 but for the atlas — smoothed labels, absorbed small charts, fold cutting, packing — and the colour of unseen faces, which have no switch); *after*: today's defaults. "
              "Rotation and centre errors after a similarity fitted to the camera centres; F at τ = 0.5 % of the crop diagonal; "
              "wall: RMS distance to the true plane (% of the diagonal) and the fraction of the wall reconstructed within 0.5 %; "
              "PSNR/SSIM/coverage: the textured model rendered from the registered cameras (fit) and, for held-out, from every 8th photo "
