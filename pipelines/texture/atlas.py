@@ -242,8 +242,8 @@ def _absorb_small_charts(label: np.ndarray, cos: np.ndarray, neighbours: np.ndar
     """Faces of charts under ``MIN_CHART_FACES`` take the axis of the largest neighbouring chart larger than theirs.
 
     Noise on a scan leaves thousands of charts of a few faces (on an 11-photo building 3 300 of 4 600 charts
-    had five faces or fewer), each bordered by seams; a face moves only where its normal is within
-    ``ABSORB_MIN_COSINE`` of the new axis, so it never flips over in the projection. ``cos`` (F, 6): each
+    had five faces or fewer), each bordered by seams; a face moves only where the cosine between its normal
+    and the new axis is at least ``ABSORB_MIN_COSINE``, so it never flips over in the projection. ``cos`` (F, 6): each
     face's normal against each axis.
     """
     rows = np.arange(len(label))
