@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipelines.geometry import face_neighbours
+
+if TYPE_CHECKING:
+    from scipy.sparse import coo_matrix
 
 AXES = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
 MIN_AXIS_COSINE = 0.25
@@ -222,12 +226,9 @@ def _overlap_cuts(atlas: Atlas, depth: np.ndarray, charts: np.ndarray) -> dict[i
 
 def _labels(normals: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """(F,) axis of each face's chart: nearest axis to the smoothed normal, then majority smoothing and absorption."""
-    from scipy.sparse import coo_matrix, identity
+    from scipy.sparse import identity
 
-    f = len(normals)
-    ok = neighbours.reshape(-1) >= 0
-    adjacency = coo_matrix((np.ones(int(ok.sum())), (np.repeat(np.arange(f), 3)[ok], neighbours.reshape(-1)[ok])), shape=(f, f))
-    step = (adjacency + identity(f)).tocsr()  # a face and its edge neighbours
+    step = (_face_graph(neighbours, neighbours.reshape(-1) >= 0) + identity(len(normals))).tocsr()  # a face and its neighbours
     smooth = normals
     for _ in range(NORMAL_SMOOTHING_ROUNDS):
         smooth = step @ smooth
@@ -285,16 +286,20 @@ def _smooth_labels(label: np.ndarray, normals: np.ndarray, neighbours: np.ndarra
 
 def _charts(label: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected components of faces joined across edges where both sides have the same label."""
-    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    f = len(label)
-    src = np.repeat(np.arange(f), 3)
     dst = neighbours.reshape(-1)
-    ok = (dst >= 0) & (label[src] == label[np.maximum(dst, 0)])
-    graph = coo_matrix((np.ones(int(ok.sum()), dtype=np.int8), (src[ok], dst[ok])), shape=(f, f))
-    count, chart = connected_components(graph, directed=False)
+    joined = (dst >= 0) & (np.repeat(label, 3) == label[np.maximum(dst, 0)])
+    count, chart = connected_components(_face_graph(neighbours, joined), directed=False)
     return chart.astype(np.int64), int(count)
+
+
+def _face_graph(neighbours: np.ndarray, joined: np.ndarray) -> coo_matrix:
+    """(F, F) sparse matrix with a 1 for each face and the neighbour across each of its edges where ``joined`` (3F,)."""
+    from scipy.sparse import coo_matrix
+
+    f = len(neighbours)
+    return coo_matrix((np.ones(int(joined.sum())), (np.repeat(np.arange(f), 3)[joined], neighbours.reshape(-1)[joined])), shape=(f, f))
 
 
 def _plane_basis(axis: np.ndarray) -> np.ndarray:
