@@ -1,6 +1,6 @@
 """A fast UV atlas for scanned meshes: orthographic charts by normal direction, shelf-packed.
 
-Open3D's UVAtlas and xatlas take 90-160 s on the 200k-face meshes of a balanced job on 2 CPU cores
+Open3D's UVAtlas and xatlas take 70-220 s on the 200k-face meshes of a balanced job on 2 CPU cores
 (``python -m bench.atlas``, 2026-12-01; the atlas here takes 6-8 s, most of it the fold check and the layout) and UVAtlas
 may refuse meshes with non-manifold vertices (Open3D documents it as requiring manifold input);
 UVAtlas's seams are 2-3x shorter, which is what this atlas gives up. Scanned surfaces are
