@@ -8,7 +8,7 @@ by ``python -m bench.real_photos prepare`` are scored without ground truth: the 
 given (fit) and every 8th photo left out of a second run (held-out; ``--no-held-out`` skips it).
 
     python -m bench.quality                       # hard fixtures: hard, before and after (~5 min on 2 cores)
-    python -m bench.quality --real                # real photo sets (prepare them first; ~15 min)
+    python -m bench.quality --real                # real photo sets (prepare them first; ~25 min)
 """
 
 from __future__ import annotations
